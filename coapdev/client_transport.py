@@ -1,0 +1,109 @@
+"""The client's DTLS plumbing: aiocoap's tinydtls client with what coapdev needs on top.
+
+Kept in this one module so the rest of the client never touches aiocoap
+internals.  Additions over the stock transport:
+
+- each connection counts the datagrams it received, so a handshake that
+  got answers but never completed can be told apart from a device that is
+  not there at all (tinydtls drops a wrong-key Finished silently);
+- sessions can be dropped on demand, so the next request handshakes anew
+  (after a gateway restart, eviction or rekey).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiocoap import Context
+from aiocoap.transports.tinydtls import DTLSClientConnection, MessageInterfaceTinyDTLS
+
+log = logging.getLogger("coapdev.client")
+
+
+class _CountingConnection(DTLSClientConnection):
+    datagrams_received = 0
+
+    class SingleConnection(DTLSClientConnection.SingleConnection):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            parent = self.parent()
+            if parent is not None:
+                parent.datagrams_received += 1
+            super().datagram_received(data, addr)
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._queue is None
+
+
+class _ClientDtlsInterface(MessageInterfaceTinyDTLS):
+    def _connection_for_address(self, host: str, port: int, pskId: bytes, psk: bytes) -> Any:
+        key = (host, port, pskId)
+        connection = self._pool.get(key)
+        if connection is None:
+            connection = _CountingConnection(host, port, pskId, psk, self)
+            self._pool[key] = connection
+        return connection
+
+
+@dataclass
+class SessionState:
+    """What is known about the DTLS session to one device."""
+
+    exists: bool
+    handshake_done: bool
+    datagrams_received: int
+
+
+class ClientTransport:
+    """One aiocoap client context speaking DTLS-PSK with exactly one identity."""
+
+    def __init__(self, context: Context, interface: _ClientDtlsInterface) -> None:
+        self.context = context
+        self._interface = interface
+        #: Strong reference that keeps the pooled session alive between requests.
+        self.remote: Any = None
+        #: Incremented whenever the session is dropped, so observers can tell.
+        self.generation = 0
+
+    @classmethod
+    async def create(cls, uri_base: str, identity: bytes, key: bytes) -> ClientTransport:
+        loop = asyncio.get_running_loop()
+        context = Context(loop=loop, loggername="coapdev.client.coap")
+        holder: dict[str, _ClientDtlsInterface] = {}
+
+        async def make(mman: Any) -> _ClientDtlsInterface:
+            interface = await _ClientDtlsInterface.create_client_transport_endpoint(
+                mman, log=context.log, loop=loop
+            )
+            holder["interface"] = interface
+            return interface
+
+        await context._append_tokenmanaged_messagemanaged_transport(make)
+        context.client_credentials.load_from_dict(
+            {f"{uri_base}/*": {"dtls": {"psk": key, "client-identity": identity}}}
+        )
+        return cls(context, holder["interface"])
+
+    def session(self) -> SessionState:
+        connections = list(self._interface._pool.values())
+        if not connections:
+            return SessionState(False, False, 0)
+        c = connections[0]
+        return SessionState(True, c.handshake_done, c.datagrams_received)
+
+    def drop_session(self) -> None:
+        """Forget the session (sending close_notify); the next request handshakes anew."""
+        self.remote = None
+        self.generation += 1
+        for connection in list(self._interface._pool.values()):
+            try:
+                connection.shutdown()
+            except Exception as exc:  # already half torn down
+                log.debug("dropping session: %r", exc)
+
+    async def close(self) -> None:
+        self.drop_session()
+        await self.context.shutdown()

@@ -1,0 +1,124 @@
+"""Every number and name that appears on the wire, in one place.
+
+Other modules import these; none of them spells a path, CBOR key or content
+format itself, so the protocol document (docs/protocol.md) can be checked
+against this file alone.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import Final
+
+#: Version of the wire protocol described in docs/protocol.md.
+PROTOCOL_VERSION: Final = 1
+
+#: IANA default port for coaps:// (CoAP over DTLS).
+DEFAULT_COAPS_PORT: Final = 5684
+
+#: Identity under which a client presents the factory key.  It is the one
+#: Tradfri gateways use, so Tradfri client code onboards unchanged.
+FACTORY_IDENTITY: Final = "Client_identity"
+
+#: Limits of the tinydtls bundled with DTLSSocket (see docs/security.md):
+#: longer keys or identities fail the handshake or corrupt memory.
+MAX_PSK_BYTES: Final = 16
+MAX_IDENTITY_BYTES: Final = 32
+
+#: Longest client name accepted at onboarding or rename, in characters.
+MAX_CLIENT_NAME_CHARS: Final = 64
+
+DEVICE_MODEL: Final = "coapdev-gateway"
+
+
+class ContentFormat(IntEnum):
+    """CoAP Content-Format numbers used by coapdev (RFC 7252 registry)."""
+
+    TEXT = 0
+    LINK_FORMAT = 40
+    OCTET_STREAM = 42
+    JSON = 50
+    CBOR = 60
+
+
+class Role(StrEnum):
+    """Roles of minted clients. The first client onboarded becomes admin."""
+
+    ADMIN = "admin"
+    USER = "user"
+
+
+class KeyFormat(StrEnum):
+    """How a minted key is handed to the client at native onboarding.
+
+    ``bytes``: 16 random bytes (128 bits), a CBOR byte string.
+    ``text``: 16 characters of a 64-symbol alphabet (96 bits); the PSK is
+    their ASCII.  For tools that take a PSK only as a command-line string,
+    such as libcoap's ``coap-client -k``.
+    """
+
+    BYTES = "bytes"
+    TEXT = "text"
+
+
+# --- Resource paths (tuples of Uri-Path segments) ---------------------------
+
+PATH_ONBOARD: Final = ("onboard",)
+PATH_DEVICE: Final = ("device",)
+PATH_CLIENTS: Final = ("clients",)
+PATH_REKEY: Final = ("rekey",)
+PATH_WELL_KNOWN_CORE: Final = (".well-known", "core")
+#: Built-in demo light (served when the gateway config enables the demo).
+PATH_DEMO_LIGHT: Final = ("light",)
+#: Tradfri gateway onboarding: POST /15011/9063.
+PATH_TRADFRI_ONBOARD: Final = ("15011", "9063")
+
+
+# --- CBOR map keys (text keys, so payloads read well in diagnostic notation) --
+
+
+class Key(StrEnum):
+    """Keys of the CBOR (and JSON) maps exchanged with the device."""
+
+    # onboarding request / response
+    NAME = "name"
+    KEY_FORMAT = "key-format"
+    IDENTITY = "identity"
+    PSK = "key"
+    ROLE = "role"
+    DEVICE_ID = "device"
+    CLIENT_ID = "id"
+    # /device
+    ID = "id"
+    MODEL = "model"
+    FIRMWARE = "firmware"
+    PROTOCOL = "protocol"
+    UPTIME_S = "uptime"
+    # /clients entries
+    CREATED = "created"
+    LAST_SEEN = "last-seen"
+    ORIGIN = "origin"
+    SELF = "self"
+    # /light
+    ON = "on"
+    # error responses carry a human-readable diagnostic payload (text/plain)
+
+
+# Tradfri wire keys (JSON object keys, as strings).
+TRADFRI_IDENTITY: Final = "9090"
+TRADFRI_PSK: Final = "9091"
+TRADFRI_FIRMWARE: Final = "9029"
+
+
+# --- Discovery and QR --------------------------------------------------------
+
+MDNS_SERVICE_TYPE: Final = "_coaps._udp.local."
+#: TXT record keys advertised over mDNS.
+TXT_DEVICE_ID: Final = "id"
+TXT_MODEL: Final = "md"
+TXT_PROTOCOL: Final = "pv"
+TXT_ONBOARDING: Final = "ob"
+
+#: QR payloads are ``COAPDEV:1:<device id>:<factory key>[:<port>]``.
+QR_PREFIX: Final = "COAPDEV"
+QR_VERSION: Final = 1

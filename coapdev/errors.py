@@ -1,0 +1,150 @@
+"""The one exception hierarchy of coapdev.
+
+Server code raises :class:`RequestRefused` subclasses; the aiocoap edge turns
+them into CoAP response codes with a short diagnostic payload.  Client code
+raises :class:`ClientError` subclasses; the CLI prints ``str(error)`` as one
+line and exits non-zero.  Nothing here imports aiocoap, so the sans-I/O core
+and the CLI's start-up stay light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CoapdevError(Exception):
+    """Root of every error coapdev raises on purpose."""
+
+
+# --- Refusals of a request (server side), each with its CoAP code -----------
+
+
+class RequestRefused(CoapdevError):
+    """A request the device will not carry out; ``code`` is the CoAP code as 'c.dd'."""
+
+    code = "5.00"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(RequestRefused):
+    code = "4.00"
+
+
+class Unauthorized(RequestRefused):
+    code = "4.01"
+
+
+class Forbidden(RequestRefused):
+    code = "4.03"
+
+
+class NotFound(RequestRefused):
+    code = "4.04"
+
+
+class MethodNotAllowed(RequestRefused):
+    code = "4.05"
+
+
+class NotAcceptable(RequestRefused):
+    code = "4.06"
+
+
+class Conflict(RequestRefused):
+    code = "4.09"
+
+
+class PayloadTooLarge(RequestRefused):
+    code = "4.13"
+
+
+class UnsupportedContentFormat(RequestRefused):
+    code = "4.15"
+
+
+class TooManyRequests(RequestRefused):
+    code = "4.29"
+
+
+class InternalError(RequestRefused):
+    code = "5.00"
+
+
+class ServiceUnavailable(RequestRefused):
+    code = "5.03"
+
+
+class GatewayTimeout(RequestRefused):
+    code = "5.04"
+
+
+# --- Local state and configuration ------------------------------------------
+
+
+class StateError(CoapdevError):
+    """The device's state directory cannot be used."""
+
+
+class CorruptStateFile(StateError):
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class InvalidKeyText(CoapdevError):
+    """A factory key typed or scanned by a person does not check out."""
+
+
+class InvalidQRPayload(CoapdevError):
+    """Text or image does not hold a coapdev QR payload."""
+
+
+class ConfigError(CoapdevError):
+    """A configuration file is invalid; the message names file and key."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        where = f"{path}: {key}" if key else str(path)
+        super().__init__(f"{where}: {problem}")
+        self.path = path
+        self.key = key
+        self.problem = problem
+
+
+class PayloadError(CoapdevError):
+    """A payload could not be encoded or decoded (bad JSON, CBOR or notation)."""
+
+
+# --- Client side ---------------------------------------------------------------
+
+
+class ClientError(CoapdevError):
+    """Talking to a device failed."""
+
+
+class HandshakeFailed(ClientError):
+    """The DTLS handshake was rejected or never completed."""
+
+
+class DeviceTimeout(ClientError):
+    """The device did not answer in time."""
+
+
+class NotAuthorized(ClientError):
+    """The device answered 4.01 or 4.03."""
+
+
+class RequestFailed(ClientError):
+    """The device answered with an error code other than 4.01/4.03."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code} {message}".rstrip())
+        self.code = code
+        self.diagnostic = message
+
+
+class UnknownDevice(ClientError):
+    """No credentials or address are known for the device named."""

@@ -1,0 +1,161 @@
+"""DeviceServer: the store, the site and the DTLS transport, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiocoap import resource
+
+from ..audit import AuditLog
+from ..const import DEFAULT_COAPS_PORT
+from ..store import CredentialStore
+from .resources import DeviceSite, ServerState, build_site
+from .transport import DtlsTransport, start_transport
+
+log = logging.getLogger("coapdev.server")
+
+DAY_S = 24 * 3600.0
+
+
+@dataclass
+class DeviceOptions:
+    host: str = "::"
+    port: int = DEFAULT_COAPS_PORT
+    #: Serve the built-in demo light at /light.
+    demo_light: bool = True
+    #: How often to look for changes made by other processes (local CLI).
+    refresh_interval_s: float = 0.5
+    #: How often last-seen times are written out.
+    flush_interval_s: float = 60.0
+    #: Clients unused this long are removed (0: never).
+    expire_after_s: float = 90 * DAY_S
+    expiry_check_interval_s: float = 3600.0
+
+
+class DeviceServer:
+    """A running device.  ``site`` may be extended before :meth:`start`."""
+
+    def __init__(
+        self,
+        store: CredentialStore,
+        options: DeviceOptions | None = None,
+        *,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.store = store
+        self.options = options or DeviceOptions()
+        self.audit = audit
+        self.state = ServerState(store=store, audit=audit, drop_sessions=self._drop_sessions)
+        demo = store.directory / "light.json" if self.options.demo_light else None
+        self.site: DeviceSite = build_site(self.state, demo_light=demo)
+        self.transport: DtlsTransport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add_resource(self, path: tuple[str, ...], res: resource.Resource) -> None:
+        self.site.add_resource(path, res)
+
+    def remove_resource(self, path: tuple[str, ...]) -> None:
+        self.site.remove_resource(path)
+
+    @property
+    def port(self) -> int:
+        return self.transport.port if self.transport else self.options.port
+
+    async def start(self) -> None:
+        self.transport = await start_transport(
+            self.site, self.options.host, self.options.port, self.store.psk_for
+        )
+        self._tasks = [
+            asyncio.create_task(self._follow_store(), name="coapdev store refresh"),
+            asyncio.create_task(self._flush_and_expire(), name="coapdev store upkeep"),
+        ]
+        log.info(
+            "device %s serving coaps://%s on port %d",
+            self.store.device.id,
+            self.options.host,
+            self.port,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        try:
+            self.store.flush()
+        except Exception:  # never let a flush failure keep the device from stopping
+            log.exception("could not write last-seen times")
+        if self.transport is not None:
+            await self.transport.shutdown()
+            self.transport = None
+
+    def _drop_sessions(self, identities: object) -> int:
+        if self.transport is None:
+            return 0
+        dropped = self.transport.drop_sessions(identities)  # type: ignore[arg-type]
+        if dropped:
+            log.info("closed %d live session(s) of removed identities", dropped)
+        return dropped
+
+    def _identities(self) -> set[str]:
+        found = set()
+        for record in self.store.clients():
+            found.add(record.identity)
+            if record.pending is not None:
+                found.add(record.pending.identity)
+        return found
+
+    async def _follow_store(self) -> None:
+        """Pick up changes other processes made (local revoke, pair, factory reset)."""
+        while True:
+            await asyncio.sleep(self.options.refresh_interval_s)
+            before = self._identities()
+            try:
+                changed = self.store.refresh()
+            except Exception as exc:
+                log.error("cannot reload %s: %s (keeping the loaded state)", self.store.path, exc)
+                continue
+            if changed:
+                gone = before - self._identities()
+                log.info("state changed on disk; %d identities removed", len(gone))
+                self._drop_sessions(gone)
+
+    async def _flush_and_expire(self) -> None:
+        last_expiry = 0.0
+        while True:
+            await asyncio.sleep(
+                min(self.options.flush_interval_s, self.options.expiry_check_interval_s)
+            )
+            try:
+                now = time.time()
+                if self.options.expire_after_s > 0 and (
+                    now - last_expiry >= self.options.expiry_check_interval_s
+                ):
+                    last_expiry = now
+                    gone = self.store.expire_idle(self.options.expire_after_s, now=now)
+                    if gone:
+                        log.info("expired %d idle client(s)", len(gone))
+                        identities = [c.identity for c in gone]
+                        identities += [c.pending.identity for c in gone if c.pending]
+                        self._drop_sessions(identities)
+                self.store.flush()
+            except Exception:
+                log.exception("store upkeep failed")
+
+
+def default_state_dir() -> Path:
+    import os
+
+    env = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
+    if env:
+        return Path(env.split(":")[0])
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("coapdev-gateway"))

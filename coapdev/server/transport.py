@@ -1,0 +1,135 @@
+"""The one place that knows how DTLS is served.
+
+Everything above (resources, onboarding, store) sees an aiocoap ``Context``
+and this small interface; the DTLS server underneath can be swapped without
+touching them.  ``stock`` is aiocoap's experimental ``tinydtls_server`` with
+the mitigations the measured pitfalls call for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiocoap import Context
+from aiocoap.credentials import CredentialsMap
+
+from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
+
+PskLookup = Callable[[bytes], bytes | None]
+
+#: Large enough that bursts of hundreds of handshakes are not dropped.
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+log = logging.getLogger("coapdev.transport")
+
+
+class DtlsTransport(Protocol):
+    """What the device server needs from a DTLS server transport."""
+
+    context: Context
+    host: str
+    port: int
+
+    def drop_sessions(self, identities: Collection[str]) -> int:
+        """Close live sessions authenticated as any of ``identities``; returns how many."""
+        ...
+
+    async def shutdown(self) -> None: ...
+
+
+class StoreCredentials(CredentialsMap):
+    """Server credentials read from the credential store: O(1) per lookup.
+
+    aiocoap's own ``find_dtls_psk`` scans every entry; this asks the store's
+    dict.  The claim handed up with a request is the identity as text.
+    """
+
+    def __init__(self, lookup: PskLookup) -> None:
+        super().__init__()
+        self._lookup = lookup
+
+    def __bool__(self) -> bool:
+        # aiocoap swaps a falsy (empty) map for a fresh one of its own.
+        return True
+
+    def find_dtls_psk(self, identity: bytes) -> tuple[bytes, str]:
+        if len(identity) > MAX_IDENTITY_BYTES:
+            raise KeyError(identity)
+        key = self._lookup(identity)
+        if key is None or not 0 < len(key) <= MAX_PSK_BYTES:
+            raise KeyError(identity)
+        return key, identity.decode("ascii")
+
+
+@dataclass
+class StockTransport:
+    """aiocoap's ``tinydtls_server`` with the known mitigations applied.
+
+    - only the DTLS transport is started (by default aiocoap would also serve
+      the same site over plain UDP and TCP, unauthenticated);
+    - no SO_REUSEPORT, so a second gateway on the same port fails loudly;
+    - the port given is the port listened on (aiocoap adds 1 to it);
+    - a 4 MiB receive buffer against bursts of handshakes;
+    - revocation closes the revoked identity's live sessions.
+    """
+
+    context: Context
+    host: str
+    port: int
+
+    @classmethod
+    async def start(cls, site: Any, host: str, port: int, lookup: PskLookup) -> StockTransport:
+        if port <= 1:
+            raise ValueError("the aiocoap DTLS server needs an explicit port above 1")
+        os.environ["AIOCOAP_REUSE_PORT"] = "0"
+        context = await Context.create_server_context(
+            site,
+            bind=(host, port - 1),
+            transports=["tinydtls_server"],
+            server_credentials=StoreCredentials(lookup),
+        )
+        self = cls(context=context, host=host, port=port)
+        sock = self._socket()
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        return self
+
+    def _pool(self) -> Any:
+        for interface in self.context.request_interfaces:
+            message_interface = getattr(
+                getattr(interface, "token_interface", None), "message_interface", None
+            )
+            pool = getattr(message_interface, "_pool", None)
+            if pool is not None and hasattr(pool, "_connections"):
+                return pool
+        return None
+
+    def _socket(self) -> socket.socket | None:
+        pool = self._pool()
+        transport = getattr(pool, "_transport", None)
+        return None if transport is None else transport.get_extra_info("socket")
+
+    def drop_sessions(self, identities: Collection[str]) -> int:
+        pool = self._pool()
+        if pool is None or not identities:
+            return 0
+        from aiocoap.error import LibraryShutdown
+
+        dropped = 0
+        for address in list(pool._connections.values()):
+            if address._psk_store._claims in identities:
+                address._inject_error(LibraryShutdown("identity revoked"))
+                dropped += 1
+        return dropped
+
+    async def shutdown(self) -> None:
+        await self.context.shutdown()
+
+
+async def start_transport(site: Any, host: str, port: int, lookup: PskLookup) -> DtlsTransport:
+    return await StockTransport.start(site, host, port, lookup)

@@ -1,0 +1,747 @@
+"""The device's credential store: factory key and every minted client.
+
+Everything lives in one JSON file in the device's state directory, replaced
+atomically on every change (see :mod:`coapdev.atomic`), mode 0600, with a
+schema version.  Several processes may share a state directory (the running
+gateway and ``coapdev-gateway clients ...`` on the same device): every change
+is made under a file lock after re-reading the file if another process
+changed it, and :meth:`CredentialStore.refresh` lets a long-running process
+pick up such changes cheaply (one ``stat``).
+
+No sockets here: the store is tested directly, and the server is a thin shell
+that asks it :meth:`~CredentialStore.psk_for` during handshakes (a dict
+lookup) and :meth:`~CredentialStore.principal_for` on every request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import keys
+from .atomic import locked, write_atomic
+from .const import (
+    DEVICE_MODEL,
+    FACTORY_IDENTITY,
+    MAX_CLIENT_NAME_CHARS,
+    MAX_IDENTITY_BYTES,
+    MAX_PSK_BYTES,
+    KeyFormat,
+    Role,
+)
+from .errors import (
+    BadRequest,
+    CoapdevError,
+    Conflict,
+    CorruptStateFile,
+    NotFound,
+    StateError,
+    TooManyRequests,
+)
+
+SCHEMA_VERSION = 1
+STATE_FILE = "credentials.json"
+LOCK_FILE = ".lock"
+AUDIT_FILE = "audit.jsonl"
+
+#: ``last_seen`` is only advanced in memory when it moved by at least this much,
+#: and written out by :meth:`CredentialStore.flush`; it feeds expiry, which
+#: counts in days, so minute precision is plenty.
+LAST_SEEN_RESOLUTION_S = 60.0
+
+T = TypeVar("T")
+
+
+class Origin(StrEnum):
+    """Which exchange minted a client."""
+
+    NATIVE = "native"
+    TRADFRI = "tradfri"
+    LOCAL = "local"
+
+
+@dataclass(slots=True)
+class PendingKey:
+    """A rotated key handed out but not yet used; the old key works until it is."""
+
+    identity: str
+    key: bytes
+    created: float
+
+
+@dataclass(slots=True)
+class ClientRecord:
+    """One minted client.  ``id`` is stable; ``identity`` changes when it rekeys."""
+
+    id: str
+    identity: str
+    key: bytes
+    name: str
+    role: Role
+    created: float
+    origin: Origin = Origin.NATIVE
+    key_format: KeyFormat = KeyFormat.BYTES
+    last_seen: float | None = None
+    pending: PendingKey | None = None
+
+    def key_for_wire(self, key: bytes | None = None) -> bytes | str:
+        """A key as handed to this client: a byte string, or text for text keys."""
+        key = self.key if key is None else key
+        return key.decode("ascii") if self.key_format is KeyFormat.TEXT else key
+
+    def public(self) -> dict[str, Any]:
+        """What an admin may see about a client: everything but keys."""
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "name": self.name,
+            "role": self.role.value,
+            "created": self.created,
+            "last-seen": self.last_seen,
+            "origin": self.origin.value,
+        }
+
+
+@dataclass(slots=True)
+class DeviceInfo:
+    id: str
+    model: str
+    factory_key: str  # canonical text; the PSK is its ASCII
+    created: float
+    factory_identity: str = FACTORY_IDENTITY
+    #: Onboarding is open until this time (epoch seconds); None: closed.
+    onboarding_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who sent a request, as established by the DTLS handshake."""
+
+    identity: str
+    client: ClientRecord | None  # None for the factory identity
+
+    @property
+    def is_factory(self) -> bool:
+        return self.client is None
+
+    @property
+    def role(self) -> Role | None:
+        return None if self.client is None else self.client.role
+
+    @property
+    def label(self) -> str:
+        """Name for logs: the client's name, or 'factory-key'."""
+        return "factory-key" if self.client is None else self.client.name
+
+
+@dataclass(slots=True)
+class _Signature:
+    inode: int
+    mtime_ns: int
+    size: int
+
+
+AuditHook = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class StoreLimits:
+    max_clients: int = 1000
+
+
+@dataclass
+class CredentialStore:
+    """The state directory's credentials, in memory, mirrored to disk on every change."""
+
+    directory: Path
+    device: DeviceInfo
+    limits: StoreLimits = field(default_factory=StoreLimits)
+    audit: AuditHook | None = None
+    _clients: dict[str, ClientRecord] = field(default_factory=dict)
+    _by_identity: dict[str, ClientRecord] = field(default_factory=dict)
+    _signature: _Signature | None = None
+    _dirty_last_seen: bool = False
+
+    # --- opening ---------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path | str,
+        *,
+        create: bool = True,
+        factory_key: str | None = None,
+        onboarding_window_s: float | None = None,
+        limits: StoreLimits | None = None,
+        audit: AuditHook | None = None,
+        now: float | None = None,
+    ) -> CredentialStore:
+        """Load the store in ``directory``, creating it (and a factory key) if asked.
+
+        ``factory_key`` provisions a given key instead of minting one on
+        creation.  ``onboarding_window_s`` opens onboarding for that long when
+        the store is created (first start of a device).
+        """
+        directory = Path(directory)
+        path = directory / STATE_FILE
+        now = time.time() if now is None else now
+        if not path.exists():
+            if not create:
+                raise StateError(
+                    f"{path}: no device state here (start the gateway once to create it)"
+                )
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with locked(directory / LOCK_FILE):
+                if not path.exists():
+                    key = (
+                        keys.canonical_factory_key(factory_key)
+                        if factory_key
+                        else keys.mint_factory_key()
+                    )
+                    until = None if onboarding_window_s is None else now + onboarding_window_s
+                    device = DeviceInfo(
+                        id=keys.mint_device_id(),
+                        model=DEVICE_MODEL,
+                        factory_key=key,
+                        created=now,
+                        onboarding_until=until,
+                    )
+                    fresh = cls(directory=directory, device=device)
+                    fresh._write()
+        store = cls(directory=directory, device=_placeholder_device())
+        store.limits = limits or StoreLimits()
+        store.audit = audit
+        store._load()
+        return store
+
+    @property
+    def path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    # --- lookups (hot path: O(1), no I/O) ----------------------------------------
+
+    def psk_for(self, identity: bytes) -> bytes | None:
+        """The PSK for a DTLS identity, or None if the identity is unknown."""
+        try:
+            text = identity.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if text == self.device.factory_identity:
+            return keys.factory_psk(self.device.factory_key)
+        record = self._by_identity.get(text)
+        if record is None:
+            return None
+        if record.identity == text:
+            return record.key
+        pending = record.pending
+        return pending.key if pending is not None and pending.identity == text else None
+
+    def principal_for(self, identity: str) -> Principal | None:
+        """Who an authenticated identity is now (None once revoked or rotated away)."""
+        if identity == self.device.factory_identity:
+            return Principal(identity, None)
+        record = self._by_identity.get(identity)
+        if record is None:
+            return None
+        return Principal(identity, record)
+
+    def is_pending_identity(self, identity: str) -> bool:
+        record = self._by_identity.get(identity)
+        return record is not None and record.identity != identity
+
+    def clients(self) -> list[ClientRecord]:
+        return sorted(self._clients.values(), key=lambda c: (c.created, c.id))
+
+    def client(self, client_id: str) -> ClientRecord:
+        try:
+            return self._clients[client_id]
+        except KeyError:
+            raise NotFound(f"no client with id {client_id!r}") from None
+
+    def find_client(self, ref: str) -> ClientRecord:
+        """A client by id, current identity or (unique) name."""
+        record = self._clients.get(ref) or self._by_identity.get(ref)
+        if record is not None:
+            return record
+        named = [c for c in self._clients.values() if c.name == ref]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            ids = ", ".join(c.id for c in named)
+            raise Conflict(f"several clients are named {ref!r}; use an id: {ids}")
+        raise NotFound(f"no client with id, identity or name {ref!r}")
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Iterator[ClientRecord]:
+        return iter(self.clients())
+
+    def onboarding_open(self, now: float) -> bool:
+        until = self.device.onboarding_until
+        return until is not None and now < until
+
+    # --- changes (each persisted before it returns) ------------------------------
+
+    def mint_client(
+        self,
+        name: str,
+        *,
+        now: float,
+        text_key: bool = False,
+        origin: Origin = Origin.NATIVE,
+        identity: str | None = None,
+    ) -> ClientRecord:
+        """Mint a client and persist it; only then may its key be handed out.
+
+        The first client, and any client minted while no admin exists, becomes
+        admin; all others are users.  Names are unique: a name already taken
+        gets a numeric suffix (``laptop-2``), and the earlier client keeps its
+        access (onboarding never takes anything away from anyone).
+        """
+        name = validate_name(name)
+        if identity is not None:
+            validate_identity(identity)
+
+        def mint() -> ClientRecord:
+            if len(self._clients) >= self.limits.max_clients:
+                raise TooManyRequests(
+                    f"this device already has its maximum of {self.limits.max_clients} clients; "
+                    "revoke one first"
+                )
+            if identity is not None and (
+                identity in self._by_identity or identity == self.device.factory_identity
+            ):
+                raise Conflict(f"identity {identity!r} is already in use on this device")
+            client_id = identity or self._fresh_identity()
+            has_admin = any(c.role is Role.ADMIN for c in self._clients.values())
+            record = ClientRecord(
+                id=client_id,
+                identity=client_id,
+                key=keys.mint_client_key(text=text_key),
+                name=self._unique_name(name),
+                role=Role.USER if has_admin else Role.ADMIN,
+                created=now,
+                origin=origin,
+                key_format=KeyFormat.TEXT if text_key else KeyFormat.BYTES,
+            )
+            self._add(record)
+            return record
+
+        record = self._mutate(mint)
+        self._audit(
+            "onboard",
+            client=record.id,
+            name=record.name,
+            role=record.role.value,
+            origin=record.origin.value,
+        )
+        return record
+
+    def revoke(self, client_id: str, *, by: str = "local") -> ClientRecord:
+        def revoke() -> ClientRecord:
+            record = self.client(client_id)
+            self._remove(record)
+            return record
+
+        record = self._mutate(revoke)
+        self._audit("revoke", client=record.id, name=record.name, by=by)
+        return record
+
+    def rename(self, client_id: str, new_name: str, *, by: str = "local") -> ClientRecord:
+        new_name = validate_name(new_name)
+
+        def rename() -> ClientRecord:
+            record = self.client(client_id)
+            if new_name != record.name and any(c.name == new_name for c in self._clients.values()):
+                raise Conflict(f"another client is already named {new_name!r}")
+            record.name = new_name
+            return record
+
+        old = self.client(client_id).name
+        record = self._mutate(rename)
+        self._audit("rename", client=record.id, old=old, name=record.name, by=by)
+        return record
+
+    def set_role(self, client_id: str, role: Role, *, by: str = "local") -> ClientRecord:
+        def set_role() -> ClientRecord:
+            record = self.client(client_id)
+            record.role = role
+            return record
+
+        record = self._mutate(set_role)
+        self._audit("role", client=record.id, role=role.value, by=by)
+        return record
+
+    def begin_rekey(self, client_id: str, *, now: float) -> PendingKey:
+        """Mint a new identity and key for a client; the old ones stay valid until confirmed.
+
+        Asking again before confirming replaces the pending key (the answer
+        to the first ask may have been lost).
+        """
+
+        def begin() -> PendingKey:
+            record = self.client(client_id)
+            if record.pending is not None:
+                self._by_identity.pop(record.pending.identity, None)
+            pending = PendingKey(
+                identity=self._fresh_identity(),
+                key=keys.mint_client_key(text=record.key_format is KeyFormat.TEXT),
+                created=now,
+            )
+            record.pending = pending
+            self._by_identity[pending.identity] = record
+            return pending
+
+        pending = self._mutate(begin)
+        self._audit("rekey-begin", client=client_id)
+        return pending
+
+    def confirm_rekey(self, identity: str) -> ClientRecord:
+        """The client used its new key: the old identity and key stop working now."""
+
+        def confirm() -> ClientRecord:
+            record = self._by_identity.get(identity)
+            if record is None or record.pending is None or record.pending.identity != identity:
+                raise NotFound("no key rotation is pending for this identity")
+            self._by_identity.pop(record.identity, None)
+            record.identity = record.pending.identity
+            record.key = record.pending.key
+            record.pending = None
+            return record
+
+        record = self._mutate(confirm)
+        self._audit("rekey", client=record.id, name=record.name)
+        return record
+
+    def open_onboarding(self, duration_s: float | None, *, now: float) -> float | None:
+        """Open onboarding for ``duration_s`` (None: until closed; 0: close it)."""
+        if duration_s is None:
+            until: float | None = float("inf")
+        elif duration_s <= 0:
+            until = None
+        else:
+            until = now + duration_s
+
+        def set_window() -> float | None:
+            self.device.onboarding_until = until
+            return until
+
+        self._mutate(set_window)
+        self._audit("onboarding-window", until=until if until != float("inf") else "always")
+        return until
+
+    def expire_idle(self, max_idle_s: float, *, now: float) -> list[ClientRecord]:
+        """Remove clients not seen for ``max_idle_s`` (never-seen ones count from creation)."""
+        if max_idle_s <= 0:
+            return []
+
+        def idle() -> list[ClientRecord]:
+            return [
+                c for c in self._clients.values() if now - (c.last_seen or c.created) > max_idle_s
+            ]
+
+        if not idle():
+            return []
+
+        def expire() -> list[ClientRecord]:
+            gone = idle()
+            for record in gone:
+                self._remove(record)
+            return gone
+
+        gone = self._mutate(expire)
+        for record in gone:
+            self._audit("expire", client=record.id, name=record.name, last_seen=record.last_seen)
+        return gone
+
+    def factory_reset(self, *, new_factory_key: bool, now: float) -> None:
+        """Forget every client; optionally mint a new factory key."""
+
+        def reset() -> None:
+            self._clients.clear()
+            self._by_identity.clear()
+            if new_factory_key:
+                self.device.factory_key = keys.mint_factory_key()
+            self.device.onboarding_until = None
+
+        self._mutate(reset)
+        self._audit("factory-reset", new_factory_key=new_factory_key)
+
+    # --- last seen -----------------------------------------------------------------
+
+    def touch(self, record: ClientRecord, now: float) -> None:
+        """Note that a client was seen (in memory; :meth:`flush` writes it out)."""
+        if record.last_seen is None or now - record.last_seen >= LAST_SEEN_RESOLUTION_S:
+            record.last_seen = now
+            self._dirty_last_seen = True
+
+    def flush(self) -> None:
+        """Write out ``last_seen`` times noted since the last write, if any."""
+        if self._dirty_last_seen:
+            self._mutate(lambda: None)
+
+    # --- following other processes ----------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Reload if another process changed the file; True if it did."""
+        try:
+            signature = _signature_of(self.path)
+        except FileNotFoundError:
+            return False
+        if signature == self._signature:
+            return False
+        with locked(self.directory / LOCK_FILE):
+            self._load(merge_last_seen=True)
+        return True
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _mutate(self, change: Callable[[], T]) -> T:
+        with locked(self.directory / LOCK_FILE):
+            try:
+                signature = _signature_of(self.path)
+            except FileNotFoundError:
+                signature = None
+            if signature != self._signature:
+                self._load(merge_last_seen=True)
+            try:
+                result = change()
+            except BaseException:
+                self._load(merge_last_seen=True)  # drop a half-made change
+                raise
+            self._write()
+            return result
+
+    def _add(self, record: ClientRecord) -> None:
+        self._clients[record.id] = record
+        self._by_identity[record.identity] = record
+        if record.pending is not None:
+            self._by_identity[record.pending.identity] = record
+
+    def _remove(self, record: ClientRecord) -> None:
+        self._clients.pop(record.id, None)
+        self._by_identity.pop(record.identity, None)
+        if record.pending is not None:
+            self._by_identity.pop(record.pending.identity, None)
+
+    def _fresh_identity(self) -> str:
+        while True:
+            candidate = keys.mint_identity()
+            if candidate not in self._by_identity and candidate not in self._clients:
+                return candidate
+
+    def _unique_name(self, name: str) -> str:
+        taken = {c.name for c in self._clients.values()}
+        if name not in taken:
+            return name
+        n = 2
+        while True:
+            suffix = f"-{n}"
+            candidate = name[: MAX_CLIENT_NAME_CHARS - len(suffix)] + suffix
+            if candidate not in taken:
+                return candidate
+            n += 1
+
+    def _audit(self, event: str, **details: Any) -> None:
+        if self.audit is not None:
+            self.audit(event, details)
+
+    def _write(self) -> None:
+        document = {
+            "schema": SCHEMA_VERSION,
+            "device": {
+                "id": self.device.id,
+                "model": self.device.model,
+                "created": self.device.created,
+                "onboarding-until": _encode_until(self.device.onboarding_until),
+            },
+            "factory": {
+                "identity": self.device.factory_identity,
+                "key": self.device.factory_key,
+            },
+            "clients": [_encode_client(c) for c in self.clients()],
+        }
+        data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(self.path, data, keep_previous=True)
+        self._signature = _signature_of(self.path)
+        self._dirty_last_seen = False
+
+    def _load(self, *, merge_last_seen: bool = False) -> None:
+        path = self.path
+        try:
+            signature = _signature_of(path)
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise StateError(f"{path}: missing") from None
+        except OSError as exc:
+            raise StateError(f"{path}: cannot read: {exc.strerror}") from None
+        device, clients = parse_state(raw, path)
+        previous = self._clients if merge_last_seen else {}
+        self.device = device
+        self._clients = {}
+        self._by_identity = {}
+        for record in clients:
+            old = previous.get(record.id)
+            if (
+                old is not None
+                and old.last_seen is not None
+                and (record.last_seen is None or old.last_seen > record.last_seen)
+            ):
+                record.last_seen = old.last_seen
+                self._dirty_last_seen = True
+            self._add(record)
+        self._signature = signature
+
+
+def _placeholder_device() -> DeviceInfo:
+    return DeviceInfo(id="", model="", factory_key="", created=0.0)
+
+
+def _signature_of(path: Path) -> _Signature:
+    st = os.stat(path)
+    return _Signature(st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _encode_until(until: float | None) -> float | str | None:
+    return "always" if until == float("inf") else until
+
+
+def _encode_client(c: ClientRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": c.id,
+        "identity": c.identity,
+        "key": c.key.hex(),
+        "name": c.name,
+        "role": c.role.value,
+        "created": c.created,
+        "last-seen": c.last_seen,
+        "origin": c.origin.value,
+        "key-format": c.key_format.value,
+    }
+    if c.pending is not None:
+        out["pending"] = {
+            "identity": c.pending.identity,
+            "key": c.pending.key.hex(),
+            "created": c.pending.created,
+        }
+    return out
+
+
+# --- parsing and validation (also used on untrusted input) -------------------------
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise BadRequest("client name must be a text string")
+    name = name.strip()
+    if not name:
+        raise BadRequest("client name must not be empty")
+    if len(name) > MAX_CLIENT_NAME_CHARS:
+        raise BadRequest(f"client name is longer than {MAX_CLIENT_NAME_CHARS} characters")
+    if any(not c.isprintable() for c in name):
+        raise BadRequest("client name contains control characters")
+    return name
+
+
+def validate_identity(identity: object) -> str:
+    if not isinstance(identity, str) or not identity:
+        raise BadRequest("identity must be a non-empty text string")
+    if not identity.isascii() or not identity.isprintable() or " " in identity:
+        raise BadRequest("identity must be printable ASCII without spaces")
+    if len(identity.encode()) > MAX_IDENTITY_BYTES:
+        raise BadRequest(f"identity is longer than {MAX_IDENTITY_BYTES} bytes")
+    return identity
+
+
+def parse_state(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientRecord]]:
+    """Parse and check a state file; every problem names the file."""
+
+    def bad(reason: str) -> CorruptStateFile:
+        backup = path.with_name(path.name + ".bak")
+        hint = f" (the previous good copy is {backup})" if backup.exists() else ""
+        return CorruptStateFile(path, reason + hint)
+
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"not valid JSON ({exc}); the file is truncated or corrupt") from None
+    if not isinstance(doc, dict):
+        raise bad("top level is not an object")
+    schema = doc.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise bad(f"schema version {schema!r} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        dev = doc["device"]
+        factory = doc["factory"]
+        until = dev.get("onboarding-until")
+        device = DeviceInfo(
+            id=_str(dev["id"]),
+            model=_str(dev["model"]),
+            created=float(dev["created"]),
+            factory_key=keys.canonical_factory_key(_str(factory["key"])),
+            factory_identity=validate_identity(factory["identity"]),
+            onboarding_until=float("inf") if until == "always" else _opt_float(until),
+        )
+        clients = []
+        seen: set[str] = {device.factory_identity}
+        for entry in doc["clients"]:
+            record = _decode_client(entry)
+            for ident in (record.identity, record.pending.identity if record.pending else None):
+                if ident is None:
+                    continue
+                if ident in seen:
+                    raise ValueError(f"identity {ident!r} appears twice")
+                seen.add(ident)
+            clients.append(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise bad(f"invalid content: {exc!r}") from None
+    except CoapdevError as exc:  # a bad name, identity or factory key text
+        raise bad(f"invalid content: {exc}") from None
+    return device, clients
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _key(value: object) -> bytes:
+    key = bytes.fromhex(_str(value))
+    if not 1 <= len(key) <= MAX_PSK_BYTES:
+        raise ValueError(f"key of {len(key)} bytes (1 to {MAX_PSK_BYTES} allowed)")
+    return key
+
+
+def _decode_client(entry: dict[str, Any]) -> ClientRecord:
+    pending = entry.get("pending")
+    return ClientRecord(
+        id=validate_identity(entry["id"]),
+        identity=validate_identity(entry["identity"]),
+        key=_key(entry["key"]),
+        name=validate_name(entry["name"]),
+        role=Role(entry["role"]),
+        created=float(entry["created"]),
+        last_seen=_opt_float(entry.get("last-seen")),
+        origin=Origin(entry.get("origin", "native")),
+        key_format=KeyFormat(entry.get("key-format", "bytes")),
+        pending=None
+        if pending is None
+        else PendingKey(
+            identity=validate_identity(pending["identity"]),
+            key=_key(pending["key"]),
+            created=float(pending["created"]),
+        ),
+    )
