@@ -324,7 +324,7 @@ def read_payload(args: argparse.Namespace) -> tuple[bytes, int | None]:
     return parse_typed_payload(args.payload, args.payload_type)
 
 
-def show(response: Any, raw: bool) -> None:
+def show(response: Any, raw: bool, *, compact: bool = False) -> None:
     from .errors import PayloadError
     from .payload import format_for_humans
 
@@ -333,7 +333,7 @@ def show(response: Any, raw: bool) -> None:
         sys.stdout.flush()
         return
     try:
-        text = format_for_humans(response.payload, response.content_format)
+        text = format_for_humans(response.payload, response.content_format, compact=compact)
     except PayloadError:
         text = response.payload.hex(" ")
     print(text, flush=True)
@@ -349,7 +349,7 @@ async def cmd_observe(args: argparse.Namespace, registry: Any) -> int:
             if args.exec_argv:
                 await run_for_notification(args.exec_argv, response, creds, path)
             else:
-                show(response, args.raw)
+                show(response, args.raw, compact=True)  # one line per value
             seen += 1
             if args.count is not None and seen >= args.count:
                 break

@@ -208,19 +208,23 @@ def diag_to_cbor(text: str) -> bytes:
         raise PayloadError(f"not JSON or CBOR diagnostic notation: {first}") from None
 
 
-def format_for_humans(payload: bytes, content_format: int | None) -> str:
-    """Pretty text for a terminal: JSON-like where possible, else diagnostic notation."""
+def format_for_humans(payload: bytes, content_format: int | None, *, compact: bool = False) -> str:
+    """Pretty text for a terminal: JSON-like where possible, else diagnostic notation.
+
+    ``compact`` puts a structured value on one line (for streams of values).
+    """
     if not payload:
         return ""
+    indent = None if compact else 2
     if content_format == ContentFormat.CBOR:
         value = decode_cbor(payload)
         if _json_representable(value):
-            return json.dumps(value, indent=2, ensure_ascii=False)
+            return json.dumps(value, indent=indent, ensure_ascii=False)
         import cbor_diag
 
         return cbor_diag.cbor2diag(payload)
     if content_format == ContentFormat.JSON:
-        return json.dumps(decode_json(payload), indent=2, ensure_ascii=False)
+        return json.dumps(decode_json(payload), indent=indent, ensure_ascii=False)
     if content_format == ContentFormat.LINK_FORMAT:
         return payload.decode("utf-8", "replace").replace(",<", ",\n<")
     if content_format == ContentFormat.TEXT:

@@ -1,0 +1,263 @@
+import json
+import os
+import stat
+
+import pytest
+
+from coapdev.const import FACTORY_IDENTITY, Role
+from coapdev.errors import (
+    Conflict,
+    CorruptStateFile,
+    NotFound,
+    StateError,
+    TooManyRequests,
+)
+from coapdev.store import STATE_FILE, CredentialStore, Origin, StoreLimits
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def store(tmp_path):
+    return CredentialStore.open(tmp_path / "state", now=NOW)
+
+
+def test_creates_state_dir_with_factory_key_mode_0600_and_schema(tmp_path):
+    s = CredentialStore.open(tmp_path / "state", now=NOW)
+    path = tmp_path / "state" / STATE_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == 1
+    assert doc["factory"]["key"] == s.device.factory_key
+    assert s.psk_for(FACTORY_IDENTITY.encode()) == s.device.factory_key.encode()
+
+
+def test_provisioned_factory_key_is_used(tmp_path):
+    from coapdev.keys import format_factory_key, mint_factory_key
+
+    key = mint_factory_key()
+    s = CredentialStore.open(tmp_path / "s", factory_key=format_factory_key(key).lower())
+    assert s.device.factory_key == key
+
+
+def test_open_without_create_on_missing_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(StateError, match="no device state"):
+        CredentialStore.open(tmp_path / "nothing", create=False)
+
+
+def test_first_client_is_admin_then_users_and_all_persist(store, tmp_path):
+    a = store.mint_client("laptop", now=NOW)
+    b = store.mint_client("phone", now=NOW)
+    assert a.role is Role.ADMIN and b.role is Role.USER
+    assert len(a.key) == 16 and a.key != b.key
+    reopened = CredentialStore.open(tmp_path / "state", create=False)
+    assert reopened.psk_for(a.identity.encode()) == a.key
+    assert reopened.psk_for(b.identity.encode()) == b.key
+    assert reopened.principal_for(b.identity).client.name == "phone"
+
+
+def test_unknown_identities_have_no_key(store):
+    assert store.psk_for(b"nobody") is None
+    assert store.psk_for(b"\xff\xfe") is None
+    assert store.principal_for("nobody") is None
+
+
+def test_same_name_twice_mints_a_second_client_with_a_suffix(store):
+    a = store.mint_client("laptop", now=NOW)
+    b = store.mint_client("laptop", now=NOW)
+    assert b.name == "laptop-2" and b.identity != a.identity
+    assert store.principal_for(a.identity) is not None  # the first keeps access
+
+
+def test_text_keys_are_printable(store):
+    rec = store.mint_client("libcoap", now=NOW, text_key=True)
+    assert rec.key.decode("ascii").isprintable() and len(rec.key) == 16
+
+
+def test_revoke_removes_identity_and_is_persisted(store, tmp_path):
+    a = store.mint_client("laptop", now=NOW)
+    store.revoke(a.id)
+    assert store.psk_for(a.identity.encode()) is None
+    assert CredentialStore.open(tmp_path / "state").principal_for(a.identity) is None
+    with pytest.raises(NotFound):
+        store.revoke(a.id)
+
+
+def test_admin_role_passes_on_when_no_admin_is_left(store):
+    a = store.mint_client("a", now=NOW)
+    store.revoke(a.id)
+    b = store.mint_client("b", now=NOW)
+    assert b.role is Role.ADMIN
+
+
+def test_rename_and_role_and_conflicts(store):
+    a = store.mint_client("a", now=NOW)
+    b = store.mint_client("b", now=NOW)
+    store.rename(b.id, "kitchen")
+    assert store.find_client("kitchen").id == b.id
+    with pytest.raises(Conflict):
+        store.rename(a.id, "kitchen")
+    store.set_role(b.id, Role.ADMIN)
+    assert store.client(b.id).role is Role.ADMIN
+
+
+def test_max_clients_is_enforced(tmp_path):
+    s = CredentialStore.open(tmp_path / "s", limits=StoreLimits(max_clients=2))
+    s.mint_client("a", now=NOW)
+    s.mint_client("b", now=NOW)
+    with pytest.raises(TooManyRequests, match="maximum of 2"):
+        s.mint_client("c", now=NOW)
+    assert len(s) == 2
+
+
+def test_rekey_keeps_old_key_until_new_one_is_used(store, tmp_path):
+    a = store.mint_client("a", now=NOW)
+    old_identity, old_key = a.identity, a.key
+    pending = store.begin_rekey(a.id, now=NOW)
+    assert store.psk_for(old_identity.encode()) == old_key
+    assert store.psk_for(pending.identity.encode()) == pending.key
+    assert store.is_pending_identity(pending.identity)
+    # asking again replaces the pending key
+    again = store.begin_rekey(a.id, now=NOW)
+    assert store.psk_for(pending.identity.encode()) is None
+    record = store.confirm_rekey(again.identity)
+    assert record.id == a.id and record.identity == again.identity
+    assert store.psk_for(old_identity.encode()) is None
+    reopened = CredentialStore.open(tmp_path / "state")
+    assert reopened.psk_for(again.identity.encode()) == again.key
+    assert reopened.client(a.id).name == "a"
+
+
+def test_tradfri_identity_must_be_unique(store):
+    store.mint_client("ha", now=NOW, identity="ha-1234", origin=Origin.TRADFRI, text_key=True)
+    with pytest.raises(Conflict):
+        store.mint_client("ha", now=NOW, identity="ha-1234", origin=Origin.TRADFRI)
+    with pytest.raises(Conflict):
+        store.mint_client("x", now=NOW, identity=FACTORY_IDENTITY)
+
+
+def test_expiry_removes_only_idle_clients(store):
+    old = store.mint_client("old", now=NOW - 100 * 86400)
+    fresh = store.mint_client("fresh", now=NOW - 100 * 86400)
+    store.touch(store.client(fresh.id), NOW - 86400)
+    gone = store.expire_idle(90 * 86400, now=NOW)
+    assert [c.id for c in gone] == [old.id]
+    assert store.principal_for(fresh.identity) is not None
+    assert store.expire_idle(0, now=NOW) == []
+
+
+def test_last_seen_is_kept_in_memory_then_flushed(store, tmp_path):
+    a = store.mint_client("a", now=NOW)
+    store.touch(store.client(a.id), NOW + 120)
+    assert CredentialStore.open(tmp_path / "state").client(a.id).last_seen is None
+    store.flush()
+    assert CredentialStore.open(tmp_path / "state").client(a.id).last_seen == NOW + 120
+
+
+def test_another_process_change_is_picked_up_by_refresh(store, tmp_path):
+    a = store.mint_client("a", now=NOW)
+    other = CredentialStore.open(tmp_path / "state")
+    other.revoke(a.id)
+    assert store.principal_for(a.identity) is not None
+    assert store.refresh() is True
+    assert store.principal_for(a.identity) is None
+    assert store.refresh() is False
+
+
+def test_changes_on_a_stale_view_do_not_undo_other_changes(store, tmp_path):
+    other = CredentialStore.open(tmp_path / "state")
+    a = other.mint_client("a", now=NOW)
+    b = store.mint_client("b", now=NOW)  # store had not seen "a" yet
+    fresh = CredentialStore.open(tmp_path / "state")
+    assert {c.id for c in fresh.clients()} == {a.id, b.id}
+
+
+def test_factory_reset_forgets_clients_and_can_mint_a_new_key(store):
+    a = store.mint_client("a", now=NOW)
+    old_key = store.device.factory_key
+    store.factory_reset(new_factory_key=False, now=NOW)
+    assert store.principal_for(a.identity) is None and store.device.factory_key == old_key
+    store.factory_reset(new_factory_key=True, now=NOW)
+    assert store.device.factory_key != old_key
+
+
+def test_truncated_state_file_is_a_clear_error_and_backup_is_kept(store, tmp_path):
+    store.mint_client("a", now=NOW)
+    store.mint_client("b", now=NOW)
+    path = tmp_path / "state" / STATE_FILE
+    backup = path.with_name(STATE_FILE + ".bak")
+    good_backup = backup.read_bytes()
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CorruptStateFile) as info:
+        CredentialStore.open(tmp_path / "state")
+    assert str(path) in str(info.value) and "truncated" in str(info.value)
+    assert str(backup) in str(info.value)
+    assert backup.read_bytes() == good_backup
+    assert len(json.loads(good_backup)["clients"]) == 1
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda d: d.update(schema=99), "schema version 99"),
+        (lambda d: d["clients"][0].update(key="00" * 17), "17 bytes"),
+        (lambda d: d["clients"][0].update(identity="x" * 33), "longer than 32"),
+        (lambda d: d["factory"].update(key="AAAA-AAAA-AAAA-AAAB"), "mistyped"),
+        (lambda d: d["clients"][0].update(role="root"), "root"),
+        (lambda d: d["clients"].append(dict(d["clients"][0])), "twice"),
+    ],
+)
+def test_invalid_content_is_refused_at_load(store, tmp_path, mutate, reason):
+    store.mint_client("a", now=NOW)
+    path = tmp_path / "state" / STATE_FILE
+    doc = json.loads(path.read_text())
+    mutate(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CorruptStateFile, match=reason):
+        CredentialStore.open(tmp_path / "state")
+
+
+def test_audit_hook_sees_each_change(tmp_path):
+    events = []
+    s = CredentialStore.open(tmp_path / "s", audit=lambda e, d: events.append((e, d)))
+    a = s.mint_client("a", now=NOW)
+    s.rename(a.id, "b")
+    p = s.begin_rekey(a.id, now=NOW)
+    s.confirm_rekey(p.identity)
+    s.revoke(a.id)
+    assert [e for e, _ in events] == ["onboard", "rename", "rekey-begin", "rekey", "revoke"]
+    assert all("key" not in d for _, d in events)
+
+
+def test_onboarding_window(store):
+    assert not store.onboarding_open(NOW)
+    store.open_onboarding(60, now=NOW)
+    assert store.onboarding_open(NOW + 59) and not store.onboarding_open(NOW + 61)
+    store.open_onboarding(None, now=NOW)
+    assert store.onboarding_open(NOW + 10**9)
+    store.open_onboarding(0, now=NOW)
+    assert not store.onboarding_open(NOW)
+
+
+def test_lookup_is_constant_time_in_practice(tmp_path):
+    """10 000 clients: a lookup is a dict access, not a scan (checked by count, not time)."""
+    s = CredentialStore.open(tmp_path / "s", limits=StoreLimits(max_clients=20_000))
+    from coapdev.store import ClientRecord
+
+    for i in range(10_000):
+        rec = ClientRecord(
+            id=f"c{i}", identity=f"c{i}", key=b"k" * 16, name=f"n{i}", role=Role.USER,
+            created=NOW,
+        )
+        s._add(rec)
+
+    class CountingDict(dict):
+        lookups = 0
+
+        def get(self, key, default=None):
+            CountingDict.lookups += 1
+            return super().get(key, default)
+
+    s._by_identity = CountingDict(s._by_identity)
+    assert s.psk_for(b"c9999") == b"k" * 16
+    assert CountingDict.lookups == 1

@@ -1,0 +1,69 @@
+"""Interop with software we did not write: libcoap's coap-client (Debian libcoap3-bin)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import cbor2
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.interop]
+
+COAP_CLIENT = shutil.which("coap-client-openssl")
+
+
+@pytest.fixture(autouse=True)
+def _need_libcoap():
+    if COAP_CLIENT is None:
+        if os.environ.get("CI"):
+            pytest.fail("coap-client-openssl is missing: install Debian's libcoap3-bin")
+        pytest.skip("coap-client-openssl not installed (Debian: libcoap3-bin)")
+
+
+def coap_client(*args: str, timeout_s: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [COAP_CLIENT, "-B", "5", *args], capture_output=True, timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_libcoap_onboards_then_uses_its_minted_key(gateway, tmp_path):
+    key = gateway.factory_key()
+    request = tmp_path / "onboard.cbor"
+    # The documented payload: a CBOR map with the chosen name; libcoap takes a
+    # PSK only as text, so it asks for a text key.
+    request.write_bytes(cbor2.dumps({"name": "libcoap", "key-format": "text"}))
+    answer = tmp_path / "answer.cbor"
+    out = coap_client("-u", "Client_identity", "-k", key, "-m", "post", "-t", "60",
+                      "-f", str(request), "-o", str(answer), f"{gateway.uri}/onboard")
+    assert answer.exists(), out.stderr.decode()
+    minted = cbor2.loads(answer.read_bytes())
+    assert minted["name"] == "libcoap" and len(minted["key"]) == 16
+
+    out = coap_client("-u", minted["identity"], "-k", minted["key"], "-A", "50",
+                      f"{gateway.uri}/device")
+    import json
+
+    device = json.loads(out.stdout)
+    assert device["id"] == minted["device"] and device["model"] == "coapdev-gateway"
+
+    out = coap_client("-u", minted["identity"], "-k", minted["key"], "-m", "put", "-t", "0",
+                      "-e", "on", "-A", "50", f"{gateway.uri}/light")
+    assert json.loads(out.stdout) == {"on": True}
+
+
+def test_libcoap_with_factory_key_gets_401(gateway):
+    out = coap_client("-u", "Client_identity", "-k", gateway.factory_key(), f"{gateway.uri}/device")
+    # libcoap prints error responses on stderr: code, then the diagnostic payload
+    assert out.stderr.startswith(b"4.01 the factory key only opens onboarding"), out
+    assert out.stdout == b""
+
+
+def test_libcoap_with_wrong_key_gets_nothing(gateway):
+    from coapdev.keys import mint_factory_key
+
+    out = coap_client("-u", "Client_identity", "-k", mint_factory_key(), f"{gateway.uri}/device")
+    assert out.stdout == b""
+    assert b"4.01" not in out.stderr and b"2.05" not in out.stderr
