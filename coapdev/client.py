@@ -47,6 +47,8 @@ from .payload import decode, encode
 log = logging.getLogger("coapdev.client")
 
 DEFAULT_TIMEOUT_S = 10.0
+#: TLS alert a coapdev device sends when a client's Finished does not verify.
+ALERT_DECRYPT_ERROR = 51
 
 
 # --- addresses ----------------------------------------------------------------------
@@ -203,6 +205,7 @@ class Client:
         #: A silent observation is probed this often (see :meth:`observe`).
         self.keepalive_s = max(timeout_s * 3, 30.0)
         self._transport: Any = None
+        self._generation: int | None = None
 
     async def __aenter__(self) -> Client:
         await self._ensure_transport()
@@ -278,7 +281,9 @@ class Client:
         transport = await self._ensure_transport()
         had_session = transport.session().handshake_done
         try:
-            return await self._send_once(transport, method, path, body, fmt, accept, what)
+            response = await self._send_once(transport, method, path, body, fmt, accept, what)
+            self._note_generation(transport)
+            return response
         except ClientError as exc:
             if not had_session or isinstance(exc, NotAuthorized | RequestFailed):
                 raise
@@ -286,9 +291,16 @@ class Client:
             # eviction).  Handshake anew and try once more.
             log.info("%s: session lost (%s); reconnecting", what, exc)
             transport.drop_session()
+            response = await self._send_once(transport, method, path, body, fmt, accept, what)
+            self._note_generation(transport)
+            return response
+
+    def _note_generation(self, transport: Any) -> None:
+        """Call ``on_reconnect`` once per new session after the first."""
+        if self._generation is not None and transport.generation != self._generation:
             if self.on_reconnect is not None:
                 self.on_reconnect()
-            return await self._send_once(transport, method, path, body, fmt, accept, what)
+        self._generation = transport.generation
 
     async def _send_once(
         self,
@@ -333,9 +345,16 @@ class Client:
         if isinstance(cause, ConnectionRefusedError):
             return DeviceTimeout(f"{what}: nothing is listening at {address} (connection refused)")
         if type(cause).__name__ == "FatalDTLSError":
+            alert = cause.args[0] if cause.args else None
+            if alert == ALERT_DECRYPT_ERROR:
+                return HandshakeFailed(
+                    f"{what}: handshake failed: the device at {address} did not accept the key "
+                    f"for identity {self.credentials.identity!r} (wrong key, or not this device)"
+                )
             return HandshakeFailed(
-                f"{what}: handshake rejected by {address}: identity "
-                f"{self.credentials.identity!r} is unknown there (revoked, or not this device)"
+                f"{what}: handshake rejected by {address} (alert {alert}): identity "
+                f"{self.credentials.identity!r} is not known there (revoked, expired, "
+                "or not this device)"
             )
         if isinstance(cause, socket.gaierror | OSError):
             return ClientError(f"{what}: {cause}")
@@ -389,6 +408,7 @@ class Client:
             request = transport.context.request(msg)
             try:
                 raw = await self._await_response(transport, request.response, what)
+                self._note_generation(transport)
                 yield check_response(_response(raw), what)
                 backoff_s = 0.2
                 notes = request.observation.__aiter__()
@@ -413,8 +433,6 @@ class Client:
                 with contextlib.suppress(Exception):
                     request.observation.cancel()
             transport.drop_session()
-            if self.on_reconnect is not None:
-                self.on_reconnect()
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 5.0)
 

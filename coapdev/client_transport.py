@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiocoap import Context
-from aiocoap.transports.tinydtls import DTLSClientConnection, MessageInterfaceTinyDTLS
+from aiocoap.transports.tinydtls import (
+    CODE_CLOSE_NOTIFY,
+    LEVEL_WARNING,
+    CloseNotifyReceived,
+    DTLSClientConnection,
+    MessageInterfaceTinyDTLS,
+)
 
 log = logging.getLogger("coapdev.client")
 
@@ -37,8 +43,22 @@ class _CountingConnection(DTLSClientConnection):
     def handshake_done(self) -> bool:
         return self._queue is None
 
+    def _event(self, level: int, code: int) -> None:
+        if (level, code) == (LEVEL_WARNING, CODE_CLOSE_NOTIFY):
+            # The device closed the session (restart, eviction, revocation).
+            # tinydtls has freed it; end it here too, so pending requests and
+            # observations learn of it and the next request handshakes anew.
+            on_end = getattr(self.coaptransport, "on_session_end", None)
+            if on_end is not None:
+                on_end()
+            self._inject_error(CloseNotifyReceived())
+            return
+        super()._event(level, code)
+
 
 class _ClientDtlsInterface(MessageInterfaceTinyDTLS):
+    on_session_end: Any = None
+
     def _connection_for_address(self, host: str, port: int, pskId: bytes, psk: bytes) -> Any:
         key = (host, port, pskId)
         connection = self._pool.get(key)
@@ -65,8 +85,14 @@ class ClientTransport:
         self._interface = interface
         #: Strong reference that keeps the pooled session alive between requests.
         self.remote: Any = None
-        #: Incremented whenever the session is dropped, so observers can tell.
+        #: Incremented whenever the session ends (dropped here or closed by the
+        #: device), so observers and callers can tell a new session began.
         self.generation = 0
+        interface.on_session_end = self._session_ended
+
+    def _session_ended(self) -> None:
+        self.generation += 1
+        self.remote = None
 
     @classmethod
     async def create(cls, uri_base: str, identity: bytes, key: bytes) -> ClientTransport:

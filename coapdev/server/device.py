@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiocoap import resource
@@ -14,6 +14,7 @@ from aiocoap import resource
 from ..audit import AuditLog
 from ..const import DEFAULT_COAPS_PORT
 from ..store import CredentialStore
+from .dtls import DtlsServerOptions
 from .resources import DeviceSite, ServerState, build_site
 from .transport import DtlsTransport, start_transport
 
@@ -35,6 +36,9 @@ class DeviceOptions:
     #: Clients unused this long are removed (0: never).
     expire_after_s: float = 90 * DAY_S
     expiry_check_interval_s: float = 3600.0
+    #: DTLS server transport: "coapdev" (our own) or "aiocoap" (the stock one).
+    transport: str = "coapdev"
+    dtls: DtlsServerOptions = field(default_factory=DtlsServerOptions)
 
 
 class DeviceServer:
@@ -68,7 +72,12 @@ class DeviceServer:
 
     async def start(self) -> None:
         self.transport = await start_transport(
-            self.site, self.options.host, self.options.port, self.store.psk_for
+            self.site,
+            self.options.host,
+            self.options.port,
+            self.store.psk_for,
+            kind=self.options.transport,
+            options=self.options.dtls,
         )
         self._tasks = [
             asyncio.create_task(self._follow_store(), name="coapdev store refresh"),

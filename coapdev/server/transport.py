@@ -131,5 +131,54 @@ class StockTransport:
         await self.context.shutdown()
 
 
-async def start_transport(site: Any, host: str, port: int, lookup: PskLookup) -> DtlsTransport:
-    return await StockTransport.start(site, host, port, lookup)
+@dataclass
+class OwnTransport:
+    """coapdev's DTLS server transport (:mod:`coapdev.server.dtls`) under aiocoap's Context."""
+
+    context: Context
+    host: str
+    port: int
+    dtls: Any
+
+    @classmethod
+    async def start(
+        cls, site: Any, host: str, port: int, lookup: PskLookup, options: Any = None
+    ) -> OwnTransport:
+        from .dtls import DtlsServerTransport
+
+        context = Context(serversite=site, loggername="coapdev.coap")
+        made: list[DtlsServerTransport] = []
+
+        async def make(mman: Any) -> DtlsServerTransport:
+            transport = await DtlsServerTransport.create(host, port, mman, lookup, options)
+            made.append(transport)
+            return transport
+
+        await context._append_tokenmanaged_messagemanaged_transport(make)
+        return cls(context=context, host=host, port=made[0].port, dtls=made[0])
+
+    def drop_sessions(self, identities: Collection[str]) -> int:
+        return self.dtls.drop_sessions(identities)
+
+    async def shutdown(self) -> None:
+        await self.context.shutdown()
+
+
+TRANSPORTS = ("coapdev", "aiocoap")
+
+
+async def start_transport(
+    site: Any,
+    host: str,
+    port: int,
+    lookup: PskLookup,
+    *,
+    kind: str = "coapdev",
+    options: Any = None,
+) -> DtlsTransport:
+    """Serve ``site`` over DTLS.  ``kind``: "coapdev" (ours) or "aiocoap" (stock)."""
+    if kind == "aiocoap":
+        return await StockTransport.start(site, host, port, lookup)
+    if kind == "coapdev":
+        return await OwnTransport.start(site, host, port, lookup, options)
+    raise ValueError(f"unknown DTLS transport {kind!r} (choose from {', '.join(TRANSPORTS)})")

@@ -1,0 +1,630 @@
+"""coapdev's own DTLS server transport, on DTLSSocket (tinydtls), behind aiocoap's interfaces.
+
+Why not aiocoap's ``tinydtls_server``: it keeps one tinydtls context and
+Python state per source address from the first datagram on, never frees
+sessions (close_notify is ignored, the session cap is never enforced), binds
+a port off by one, refuses wildcard addresses and cannot close a revoked
+identity's session.  This transport:
+
+- one tinydtls context for all peers, sessions keyed by the real address;
+- Python state for a peer only once tinydtls accepted its cookie (the
+  server has sent a ServerHello), so spoofed sources cost nothing;
+- close_notify and fatal alerts free the session; idle sessions are evicted;
+  a configurable cap evicts the least recently active session;
+- handshakes that stall (the client vanished, or its key was wrong) are
+  reset after a timeout; a wrong key is answered at once with a fatal
+  ``decrypt_error`` alert, so clients fail fast instead of timing out;
+- a lost final server flight is sent again when the client retransmits its
+  Finished (tinydtls would ignore it and the handshake would hang);
+- a large receive buffer against bursts of handshakes;
+- wildcard binds (``::`` serves IPv4 and IPv6).
+
+Every callback from tinydtls is guarded: nothing raises into C.  Plaintext
+and events are collected during ``handleMessage`` and acted on after it
+returns, so aiocoap never re-enters tinydtls from inside a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+from aiocoap import error as coap_error
+from aiocoap import interfaces
+from aiocoap.message import Message
+from DTLSSocket import dtls
+
+from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
+
+log = logging.getLogger("coapdev.dtls")
+
+PskLookup = Callable[[bytes], bytes | None]
+
+# tinydtls events and alert levels (tinydtls alert.h / dtls.h)
+_LEVEL_EVENT = 0
+_LEVEL_WARNING = 1
+_LEVEL_FATAL = 2
+_EVENT_CONNECTED = 0x01DE
+_ALERT_CLOSE_NOTIFY = 0
+
+# DTLS record layer
+_CT_CHANGE_CIPHER_SPEC = 20
+_CT_ALERT = 21
+_CT_HANDSHAKE = 22
+_HT_CLIENT_HELLO = 1
+_HT_SERVER_HELLO = 2
+_RECORD_HEADER_LEN = 13
+_ALERT_DECRYPT_ERROR = 51
+
+
+@dataclass
+class DtlsServerOptions:
+    #: Most concurrent sessions (connected or handshaking); beyond it the least
+    #: recently active session is evicted.
+    max_sessions: int = 5000
+    #: A session with no traffic for this long is closed (close_notify).
+    idle_timeout_s: float = 3600.0
+    #: A handshake not finished within this long is abandoned.
+    handshake_timeout_s: float = 20.0
+    #: Socket receive buffer (bursts of handshakes overflow the default).
+    receive_buffer_bytes: int = 4 * 1024 * 1024
+
+
+class _Phase:
+    HANDSHAKE = "handshake"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class DtlsPeer(interfaces.EndpointAddress):
+    """One DTLS session; also the aiocoap remote of every message on it.
+
+    A new object per handshake, so observations, blockwise transfers and
+    duplicate detection never cross from one session into the next.
+    """
+
+    scheme = "coaps"
+    is_multicast = False
+    is_multicast_locally = False
+
+    def __init__(self, transport: DtlsServerTransport, sockaddr: Any, key: tuple, now: float):
+        self._transport = transport
+        self.sockaddr = sockaddr
+        self.key = key
+        self.session = transport._session_for(sockaddr)
+        self.phase = _Phase.HANDSHAKE
+        self.identity: str | None = None
+        self._pending_identity: bytes | None = None
+        self.started = now
+        self.last_active = now
+        #: The datagrams of the server's final flight, resent if it was lost.
+        self.final_flight: list[bytes] = []
+        #: The client's ChangeCipherSpec was seen (so its Finished is decryptable).
+        self.saw_ccs = False
+        self._claims: tuple[str, ...] = ()
+
+    # --- EndpointAddress ---
+
+    @property
+    def hostinfo(self) -> str:
+        host, port = self.sockaddr[0], self.sockaddr[1]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def hostinfo_local(self) -> str:
+        return self._transport.hostinfo_local
+
+    @property
+    def uri_base(self) -> str:
+        return "coaps://" + self.hostinfo
+
+    @property
+    def uri_base_local(self) -> str:
+        return "coaps://" + self.hostinfo_local
+
+    @property
+    def authenticated_claims(self) -> tuple[str, ...]:
+        return self._claims
+
+    @property
+    def blockwise_key(self) -> tuple:
+        return (self.key, self.identity, id(self))
+
+    def __repr__(self) -> str:
+        return f"<DtlsPeer {self.hostinfo} {self.phase} {self.identity!r}>"
+
+    def send(self, data: bytes) -> None:
+        self._transport._send_plaintext(self, data)
+
+
+class _PskStore:
+    """The dict-like object DTLSSocket asks for keys; remembers which identity was asked."""
+
+    def __init__(self, transport: DtlsServerTransport) -> None:
+        self._transport = transport
+
+    def keys(self) -> _PskStore:
+        return self
+
+    def __contains__(self, identity: object) -> bool:
+        return self._key(identity) is not None
+
+    def __getitem__(self, identity: bytes) -> bytes:
+        key = self._key(identity)
+        if key is None:  # DTLSSocket only asks after __contains__ said yes
+            raise KeyError(identity)
+        return key
+
+    def _key(self, identity: object) -> bytes | None:
+        transport = self._transport
+        try:
+            if not isinstance(identity, bytes) or len(identity) > MAX_IDENTITY_BYTES:
+                key = None
+            else:
+                key = transport._lookup(identity)
+            if key is not None and not 0 < len(key) <= MAX_PSK_BYTES:
+                log.error("refusing a stored key of %d bytes (at most %d)", len(key), MAX_PSK_BYTES)
+                key = None
+        except Exception:
+            log.exception("key lookup failed")
+            key = None
+        transport._note_identity(identity if isinstance(identity, bytes) else b"", key is not None)
+        return key
+
+
+class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface):
+    """aiocoap MessageInterface serving coaps:// on one UDP socket."""
+
+    def __init__(
+        self,
+        mman: interfaces.MessageManager,
+        lookup: PskLookup,
+        options: DtlsServerOptions,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._mman: interfaces.MessageManager | None = mman
+        self._lookup = lookup
+        self.options = options
+        self._loop = loop
+        self._udp: asyncio.DatagramTransport | None = None
+        self._family = socket.AF_INET6
+        self.hostinfo_local = ""
+        #: Sessions by (host, port), least recently active first.
+        self._peers: collections.OrderedDict[tuple, DtlsPeer] = collections.OrderedDict()
+        self._by_session_key: dict[tuple[str, int], DtlsPeer] = {}
+        self._ctx = dtls.DTLS(
+            read=self._on_read,
+            write=self._on_write,
+            event=self._on_event,
+            pskId=b"coapdev",
+            pskStore=_PskStore(self),
+        )
+        # Per-datagram scratch state, filled by the callbacks.
+        self._current_sockaddr: Any = None
+        self._current_peer: DtlsPeer | None = None
+        self._sent_server_hello = False
+        self._recording_flight: list[bytes] | None = None
+        self._plaintexts: list[bytes] = []
+        self._events: list[tuple[int, int]] = []
+        self._asked_identity: tuple[bytes, bool] | None = None
+        self._retransmit_handle: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        #: Hooks for rate limiting (see coapdev.ratelimit): admit a new
+        #: handshake from a host, and learn of a failed one.
+        self.admit_handshake: Callable[[str], bool] = lambda host: True
+        self.handshake_failed: Callable[[str, str], None] = lambda host, reason: None
+        self.stats = collections.Counter()
+
+    # --- set-up and tear-down ---------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        host: str,
+        port: int,
+        mman: interfaces.MessageManager,
+        lookup: PskLookup,
+        options: DtlsServerOptions | None = None,
+    ) -> DtlsServerTransport:
+        loop = asyncio.get_running_loop()
+        self = cls(mman, lookup, options or DtlsServerOptions(), loop)
+        sock = _bind(host, port)
+        self._family = sock.family
+        _set_receive_buffer(sock, self.options.receive_buffer_bytes)
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        bound = sock.getsockname()
+        self.port = bound[1]
+        shown = bound[0] if ":" not in bound[0] else f"[{bound[0]}]"
+        self.hostinfo_local = f"{shown}:{self.port}"
+        self._sweeper = loop.create_task(self._sweep(), name="coapdev DTLS session sweeper")
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._udp = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.error("DTLS socket lost: %s", exc)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (a client went away); nothing to map them to reliably.
+        log.debug("socket error: %s", exc)
+
+    async def shutdown(self) -> None:
+        """Send close_notify to every peer, then close the socket."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for peer in list(self._peers.values()):
+            self._close_peer(peer, "server shutting down", notify=True)
+        if self._retransmit_handle is not None:
+            self._retransmit_handle.cancel()
+        self._mman = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+
+    # --- aiocoap MessageInterface ---------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        remote = message.remote
+        if not isinstance(remote, DtlsPeer) or remote._transport is not self:
+            log.warning("not sending %r: not a remote of this transport", message)
+            return
+        remote.send(message.encode())
+
+    async def determine_remote(self, message: Message) -> None:
+        return None  # a server does not initiate sessions
+
+    async def recognize_remote(self, remote: Any) -> bool:
+        return isinstance(remote, DtlsPeer) and remote._transport is self
+
+    # --- management -------------------------------------------------------------------
+
+    @property
+    def session_count(self) -> int:
+        return len(self._peers)
+
+    def connected_identities(self) -> list[str]:
+        return [p.identity for p in self._peers.values() if p.identity is not None]
+
+    def drop_sessions(self, identities: Collection[str]) -> int:
+        """Close (close_notify) every session authenticated as one of ``identities``."""
+        wanted = set(identities)
+        victims = [p for p in self._peers.values() if p.identity in wanted]
+        for peer in victims:
+            self._close_peer(peer, "identity revoked", notify=True)
+        return len(victims)
+
+    # --- the datagram path ---------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        key = (addr[0], addr[1])
+        peer = self._peers.get(key)
+        if peer is None:
+            if not _is_client_hello(data):
+                self.stats["dropped-unknown-peer"] += 1
+                return  # only a handshake may start a session
+            if not self.admit_handshake(_host_of(addr)):
+                self.stats["dropped-throttled"] += 1
+                return
+            session = self._session_for(addr)
+        else:
+            session = peer.session
+            if (
+                peer.phase == _Phase.CONNECTED
+                and peer.final_flight
+                and _is_finished_retransmit(data)
+            ):
+                self._resend_final_flight(peer)
+                return
+        self._current_sockaddr = addr
+        self._current_peer = peer
+        self._sent_server_hello = False
+        self._plaintexts = []
+        self._events = []
+        self._asked_identity = None
+        recording = peer is not None and peer.phase == _Phase.HANDSHAKE
+        self._recording_flight = [] if recording else None
+        try:
+            self._ctx.handleMessage(session, data)
+        except Exception:
+            log.exception("tinydtls rejected a datagram from %s", _host_of(addr))
+        finally:
+            self._current_sockaddr = None
+            self._current_peer = None
+        self._after_datagram(addr, key, peer, data)
+
+    def _after_datagram(self, addr: Any, key: tuple, peer: DtlsPeer | None, data: bytes) -> None:
+        now = time.monotonic()
+        flight = self._recording_flight
+        self._recording_flight = None
+        if self._sent_server_hello:
+            # tinydtls accepted the cookie and created (or restarted) a session.
+            if peer is not None:
+                self._forget_peer(peer, "new handshake from the same address")
+            peer = self._new_peer(addr, key, now)
+        if peer is None:
+            return
+        if self._asked_identity is not None:
+            identity, known = self._asked_identity
+            peer._pending_identity = identity
+            if not known:
+                self.stats["handshake-unknown-identity"] += 1
+                self.handshake_failed(_host_of(addr), "unknown identity")
+        for level, code in self._events:
+            if level == _LEVEL_EVENT and code == _EVENT_CONNECTED:
+                peer.phase = _Phase.CONNECTED
+                peer.identity = (peer._pending_identity or b"").decode("ascii", "replace")
+                peer._claims = (peer.identity,)
+                peer.final_flight = flight or []
+                self.stats["handshakes"] += 1
+            elif level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _ALERT_CLOSE_NOTIFY):
+                # tinydtls has already freed its side of the session.
+                self._forget_peer(peer, "closed by peer" if code == 0 else f"alert {code}")
+                return
+        if peer.phase == _Phase.HANDSHAKE and not peer.saw_ccs:
+            peer.saw_ccs = _has_change_cipher_spec(data)
+        if (
+            peer.phase == _Phase.HANDSHAKE
+            and peer.saw_ccs
+            and peer._pending_identity is not None
+            and _has_epoch1_handshake(data)
+        ):
+            # The client's Finished did not verify: its key is wrong.
+            self.stats["handshake-wrong-key"] += 1
+            self.handshake_failed(_host_of(addr), "wrong key")
+            self._send_plain_alert(addr, _ALERT_DECRYPT_ERROR)
+            self._close_peer(peer, "wrong key", notify=False)
+            return
+        peer.last_active = now
+        self._peers.move_to_end(key)
+        if self._plaintexts:
+            peer.final_flight = []  # the client has our Finished: it sends application data
+            self._deliver(peer)
+        self._schedule_retransmit()
+
+    def _deliver(self, peer: DtlsPeer) -> None:
+        plaintexts, self._plaintexts = self._plaintexts, []
+        mman = self._mman
+        if mman is None or peer.phase != _Phase.CONNECTED:
+            return
+        for plaintext in plaintexts:
+            try:
+                message = Message.decode(plaintext, remote=peer)
+            except coap_error.UnparsableMessage:
+                self.stats["unparsable"] += 1
+                continue
+            except Exception:  # a decoder bug must not take the server down
+                log.exception("decoding a CoAP message from %s failed", peer.hostinfo)
+                continue
+            self.stats["requests"] += 1
+            mman.dispatch_message(message)
+
+    # --- tinydtls callbacks: never raise, only record ------------------------------------
+
+    def _on_read(self, _addr6: tuple, data: bytes) -> int:
+        self._plaintexts.append(data)
+        return len(data)
+
+    def _on_write(self, addr6: tuple, data: bytes) -> int:
+        try:
+            sockaddr = self._current_sockaddr
+            if sockaddr is None:
+                peer = self._by_session_key.get((addr6[0], addr6[1]))
+                if peer is None:
+                    return len(data)
+                sockaddr = peer.sockaddr
+            if data and data[0] == _CT_HANDSHAKE and len(data) > _RECORD_HEADER_LEN:
+                if data[3:5] == b"\x00\x00" and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
+                    self._sent_server_hello = True
+            if self._recording_flight is not None:
+                self._recording_flight.append(data)
+            if self._udp is not None:
+                self._udp.sendto(data, sockaddr)
+        except Exception:
+            log.exception("sending a DTLS record failed")
+        return len(data)
+
+    def _on_event(self, level: int, code: int) -> int:
+        self._events.append((level, code))
+        return 0
+
+    def _note_identity(self, identity: bytes, known: bool) -> None:
+        self._asked_identity = (identity, known)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _send_plaintext(self, peer: DtlsPeer, data: bytes) -> None:
+        if peer.phase != _Phase.CONNECTED or self._peers.get(peer.key) is not peer:
+            self.stats["dropped-send-closed"] += 1
+            return
+        self._current_sockaddr = peer.sockaddr
+        try:
+            self._ctx.write(peer.session, data)
+        except Exception:
+            log.exception("encrypting for %s failed", peer.hostinfo)
+        finally:
+            self._current_sockaddr = None
+        peer.last_active = time.monotonic()
+
+    def _resend_final_flight(self, peer: DtlsPeer) -> None:
+        self.stats["final-flight-resent"] += 1
+        if self._udp is not None:
+            for datagram in peer.final_flight:
+                self._udp.sendto(datagram, peer.sockaddr)
+
+    def _send_plain_alert(self, sockaddr: Any, description: int) -> None:
+        """An unencrypted (epoch 0) fatal alert, for a peer whose key did not verify."""
+        record = bytes([_CT_ALERT, 0xFE, 0xFD, 0, 0]) + (2**40).to_bytes(6, "big")
+        record += (2).to_bytes(2, "big") + bytes([_LEVEL_FATAL, description])
+        if self._udp is not None:
+            self._udp.sendto(record, sockaddr)
+
+    # --- peers -----------------------------------------------------------------------------------
+
+    def _session_for(self, sockaddr: Any) -> dtls.Session:
+        host = sockaddr[0]
+        scope_id = 0
+        if "%" in host:
+            host = host.split("%", 1)[0]
+            scope_id = sockaddr[3] if len(sockaddr) > 3 else 0
+        if ":" not in host:
+            host = "::ffff:" + host
+        return dtls.Session(host, sockaddr[1], 0, scope_id)
+
+    def _new_peer(self, sockaddr: Any, key: tuple, now: float) -> DtlsPeer:
+        while len(self._peers) >= self.options.max_sessions:
+            oldest = next(iter(self._peers.values()))
+            self.stats["evicted-cap"] += 1
+            self._close_peer(oldest, "session cap reached", notify=True)
+        peer = DtlsPeer(self, sockaddr, key, now)
+        self._peers[key] = peer
+        self._by_session_key[(peer.session.addr, peer.session.port)] = peer
+        return peer
+
+    def _close_peer(self, peer: DtlsPeer, reason: str, *, notify: bool) -> None:
+        """End a session on our side; with ``notify`` the client gets close_notify."""
+        if self._peers.get(peer.key) is peer:
+            self._current_sockaddr = peer.sockaddr
+            try:
+                if notify and peer.phase == _Phase.CONNECTED:
+                    self._ctx.resetPeer(peer.session)  # sends close_notify, frees
+                else:
+                    # Without close_notify: tinydtls still frees its state.
+                    peer.phase = _Phase.CLOSED
+                    self._ctx.resetPeer(peer.session)
+            except Exception:
+                log.exception("resetting the session of %s failed", peer.hostinfo)
+            finally:
+                self._current_sockaddr = None
+        self._forget_peer(peer, reason)
+
+    def _forget_peer(self, peer: DtlsPeer, reason: str) -> None:
+        if self._peers.get(peer.key) is peer:
+            del self._peers[peer.key]
+            self._by_session_key.pop((peer.session.addr, peer.session.port), None)
+        was_connected = peer.phase == _Phase.CONNECTED
+        peer.phase = _Phase.CLOSED
+        log.debug("session %s ended: %s", peer.hostinfo, reason)
+        if was_connected and self._mman is not None:
+            with contextlib.suppress(Exception):
+                self._mman.dispatch_error(coap_error.LibraryShutdown(reason), peer)
+
+    # --- timers -------------------------------------------------------------------------
+
+    def _schedule_retransmit(self) -> None:
+        """Tick tinydtls's retransmission queue while it holds anything."""
+        if self._retransmit_handle is not None:
+            return
+        try:
+            pending = self._ctx.checkRetransmit()
+        except Exception:
+            log.exception("checking retransmissions failed")
+            return
+        if pending:
+            self._retransmit_handle = self._loop.call_later(0.2, self._retransmit_tick)
+
+    def _retransmit_tick(self) -> None:
+        self._retransmit_handle = None
+        self._schedule_retransmit()
+
+    async def _sweep(self) -> None:
+        """Abandon stalled handshakes and evict idle sessions."""
+        options = self.options
+        interval = max(0.5, min(options.handshake_timeout_s / 4, 5.0))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for peer in list(self._peers.values()):
+                if peer.phase == _Phase.HANDSHAKE:
+                    if now - peer.started > options.handshake_timeout_s:
+                        self.stats["handshake-timeout"] += 1
+                        if peer._pending_identity is not None:
+                            self.handshake_failed(_host_of(peer.sockaddr), "handshake stalled")
+                        self._close_peer(peer, "handshake timed out", notify=False)
+                elif now - peer.last_active > options.idle_timeout_s:
+                    self.stats["evicted-idle"] += 1
+                    self._close_peer(peer, "idle", notify=True)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if host in ("", "::", "*"):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple = ("::", port)
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _host_of(sockaddr: Any) -> str:
+    host = sockaddr[0]
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _is_client_hello(data: bytes) -> bool:
+    return (
+        len(data) > _RECORD_HEADER_LEN
+        and data[0] == _CT_HANDSHAKE
+        and data[3:5] == b"\x00\x00"
+        and data[_RECORD_HEADER_LEN] == _HT_CLIENT_HELLO
+    )
+
+
+def _records(data: bytes):
+    pos = 0
+    while pos + _RECORD_HEADER_LEN <= len(data):
+        length = int.from_bytes(data[pos + 11 : pos + 13], "big")
+        yield data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
+        pos += _RECORD_HEADER_LEN + length
+
+
+def _has_epoch1_handshake(data: bytes) -> bool:
+    """The datagram carries an encrypted handshake record: the client's Finished."""
+    return any(ct == _CT_HANDSHAKE and epoch == 1 for ct, epoch in _records(data))
+
+
+def _has_change_cipher_spec(data: bytes) -> bool:
+    return any(ct == _CT_CHANGE_CIPHER_SPEC for ct, _ in _records(data))
+
+
+def _is_finished_retransmit(data: bytes) -> bool:
+    """A client resending its last flight (CCS, or Finished) on an established session."""
+    return any(
+        ct == _CT_CHANGE_CIPHER_SPEC or (ct == _CT_HANDSHAKE and epoch == 1)
+        for ct, epoch in _records(data)
+    )
