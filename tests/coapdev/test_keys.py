@@ -80,4 +80,4 @@ def test_client_keys_fit_tinydtls_and_have_full_entropy():
 
 def test_identities_are_short_ascii():
     ident = keys.mint_identity()
-    assert len(ident.encode()) <= 32 and ident.isascii() and ident.islower() or ident.isdigit()
+    assert (len(ident.encode()) <= 32 and ident.isascii() and ident.islower()) or ident.isdigit()

@@ -102,8 +102,15 @@ def test_tradfri_exchange(store):
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"[]", b'{"9090": 5}', b'{"9090": "a b"}', b'{"9090": "' + b"x" * 33 + b'"}',
-     b"\xff", b'{"9091": "x"}'],
+    [
+        b"",
+        b"[]",
+        b'{"9090": 5}',
+        b'{"9090": "a b"}',
+        b'{"9090": "' + b"x" * 33 + b'"}',
+        b"\xff",
+        b'{"9091": "x"}',
+    ],
 )
 def test_tradfri_bad_requests(payload):
     with pytest.raises(BadRequest):

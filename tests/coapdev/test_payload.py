@@ -23,8 +23,18 @@ def test_round_trips():
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\xff", b"\x1c", b"\x5a\xff\xff\xff\xff", b"\x81" * 1000, b"\x9f" * 5000,
-     b"\xa1\x01", b"\x01\x02", b"\xbf\x01\x02", b"\xc1" * 100 + b"\x01" + b"\x00"],
+    [
+        b"",
+        b"\xff",
+        b"\x1c",
+        b"\x5a\xff\xff\xff\xff",
+        b"\x81" * 1000,
+        b"\x9f" * 5000,
+        b"\xa1\x01",
+        b"\x01\x02",
+        b"\xbf\x01\x02",
+        b"\xc1" * 100 + b"\x01" + b"\x00",
+    ],
 )
 def test_hostile_cbor_is_a_payload_error(data):
     with pytest.raises(PayloadError):

@@ -36,5 +36,5 @@ def test_keys_never_in_repr():
 def test_corrupt_file_is_named(tmp_path):
     reg = DeviceRegistry(tmp_path)
     reg.path.write_text("{")
-    with pytest.raises(CorruptStateFile, match="devices.json"):
+    with pytest.raises(CorruptStateFile, match=r"devices\.json"):
         reg.load()

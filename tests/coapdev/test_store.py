@@ -246,7 +246,11 @@ def test_lookup_is_constant_time_in_practice(tmp_path):
 
     for i in range(10_000):
         rec = ClientRecord(
-            id=f"c{i}", identity=f"c{i}", key=b"k" * 16, name=f"n{i}", role=Role.USER,
+            id=f"c{i}",
+            identity=f"c{i}",
+            key=b"k" * 16,
+            name=f"n{i}",
+            role=Role.USER,
             created=NOW,
         )
         s._add(rec)

@@ -32,8 +32,9 @@ def test_listens_on_exactly_the_configured_port(gateway):
 
 
 def test_cli_onboard_get_put_observe(gateway, config_dir):
-    out = run_cli(config_dir, "onboard", gateway.uri, "--key", gateway.factory_key(),
-                  "--name", "laptop")
+    out = run_cli(
+        config_dir, "onboard", gateway.uri, "--key", gateway.factory_key(), "--name", "laptop"
+    )
     assert out.returncode == 0, out.stderr.decode()
     assert b"role admin" in out.stdout
     device = cli_json(config_dir, "get", "/device")
@@ -44,7 +45,9 @@ def test_cli_onboard_get_put_observe(gateway, config_dir):
 
     observer = subprocess.Popen(
         [*_cli_argv(), "observe", "/light", "--count", "3", "--accept", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(config_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_cli_env(config_dir),
     )
     try:
         time.sleep(1.5)
@@ -100,8 +103,12 @@ def test_library_onboard_and_use(gateway, run):
 
 
 def test_factory_key_gets_401_everywhere_but_onboarding(gateway, run):
-    factory = Credentials("", DeviceAddress("127.0.0.1", gateway.port), FACTORY_IDENTITY,
-                          factory_psk(gateway.factory_key()))
+    factory = Credentials(
+        "",
+        DeviceAddress("127.0.0.1", gateway.port),
+        FACTORY_IDENTITY,
+        factory_psk(gateway.factory_key()),
+    )
 
     async def scenario():
         async with Client(factory, timeout_s=5) as dev:
@@ -140,8 +147,15 @@ def test_device_not_answering_names_the_address(config_dir):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         port = silent.getsockname()[1]
-        out = run_cli(config_dir, "--timeout", "2", "onboard", f"127.0.0.1:{port}", "--key",
-                      mint_factory_key())
+        out = run_cli(
+            config_dir,
+            "--timeout",
+            "2",
+            "onboard",
+            f"127.0.0.1:{port}",
+            "--key",
+            mint_factory_key(),
+        )
     assert out.returncode == 5
     assert f"no answer from coaps://127.0.0.1:{port} within 2 s" in out.stderr.decode()
 

@@ -24,7 +24,9 @@ def _need_libcoap():
 
 def coap_client(*args: str, timeout_s: float = 20) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [COAP_CLIENT, "-B", "5", *args], capture_output=True, timeout=timeout_s,
+        [COAP_CLIENT, "-B", "5", *args],
+        capture_output=True,
+        timeout=timeout_s,
         stdin=subprocess.DEVNULL,
     )
 
@@ -36,21 +38,48 @@ def test_libcoap_onboards_then_uses_its_minted_key(gateway, tmp_path):
     # PSK only as text, so it asks for a text key.
     request.write_bytes(cbor2.dumps({"name": "libcoap", "key-format": "text"}))
     answer = tmp_path / "answer.cbor"
-    out = coap_client("-u", "Client_identity", "-k", key, "-m", "post", "-t", "60",
-                      "-f", str(request), "-o", str(answer), f"{gateway.uri}/onboard")
+    out = coap_client(
+        "-u",
+        "Client_identity",
+        "-k",
+        key,
+        "-m",
+        "post",
+        "-t",
+        "60",
+        "-f",
+        str(request),
+        "-o",
+        str(answer),
+        f"{gateway.uri}/onboard",
+    )
     assert answer.exists(), out.stderr.decode()
     minted = cbor2.loads(answer.read_bytes())
     assert minted["name"] == "libcoap" and len(minted["key"]) == 16
 
-    out = coap_client("-u", minted["identity"], "-k", minted["key"], "-A", "50",
-                      f"{gateway.uri}/device")
+    out = coap_client(
+        "-u", minted["identity"], "-k", minted["key"], "-A", "50", f"{gateway.uri}/device"
+    )
     import json
 
     device = json.loads(out.stdout)
     assert device["id"] == minted["device"] and device["model"] == "coapdev-gateway"
 
-    out = coap_client("-u", minted["identity"], "-k", minted["key"], "-m", "put", "-t", "0",
-                      "-e", "on", "-A", "50", f"{gateway.uri}/light")
+    out = coap_client(
+        "-u",
+        minted["identity"],
+        "-k",
+        minted["key"],
+        "-m",
+        "put",
+        "-t",
+        "0",
+        "-e",
+        "on",
+        "-A",
+        "50",
+        f"{gateway.uri}/light",
+    )
     assert json.loads(out.stdout) == {"on": True}
 
 

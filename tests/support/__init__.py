@@ -100,12 +100,17 @@ class Gateway:
     def start(self, ready_timeout_s: float = 15.0) -> Gateway:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir.parent / f"gateway-{self.port}-{time.monotonic_ns()}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "wb")
         argv = self.argv("--host", self.host, "--port", str(self.port), *self.extra_args)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env, cwd=REPO,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=REPO,
         )
         log.close()
         try:
@@ -132,8 +137,13 @@ class Gateway:
     def local(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``coapdev-gateway --state-dir ... COMMAND`` (local management)."""
         return subprocess.run(
-            self.argv(*command), capture_output=True, text=True, check=check, cwd=REPO,
-            stdin=subprocess.DEVNULL, timeout=60,
+            self.argv(*command),
+            capture_output=True,
+            text=True,
+            check=check,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
         )
 
     def signal(self, sig: int) -> None:
@@ -176,12 +186,21 @@ def running_gateway(state_dir: Path, **kwargs) -> Iterator[Gateway]:
         gw.stop()
 
 
-def run_cli(config_dir: Path, *args: str, timeout_s: float = 60, input: bytes | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    config_dir: Path,
+    *args: str,
+    timeout_s: float = 60,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run the real ``coapdev`` CLI in a subprocess."""
     full_env = dict(os.environ, COAPDEV_CONFIG_DIR=str(config_dir), **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "coapdev", *args],
-        capture_output=True, timeout=timeout_s, env=full_env, cwd=REPO,
-        input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout_s,
+        env=full_env,
+        cwd=REPO,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
     )
