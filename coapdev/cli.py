@@ -202,7 +202,7 @@ async def run(args: argparse.Namespace) -> int:
     raise AssertionError(command)
 
 
-# --- onboarding -------------------------------------------------------------------------
+# --- onboarding ---------------------------------------------------------------------
 
 
 async def cmd_onboard(args: argparse.Namespace, registry: Any) -> int:
@@ -255,7 +255,7 @@ def read_qr_image(path: Path) -> str:
     raise InvalidQRPayload(f"{path}: no QR code found in this image")
 
 
-# --- requests ---------------------------------------------------------------------------------
+# --- requests -----------------------------------------------------------------------
 
 
 def resolve_target(registry: Any, uri: str) -> tuple[Any, str]:
@@ -380,7 +380,7 @@ async def run_for_notification(argv: list[str], response: Any, creds: Any, path:
         print(f"coapdev: {argv[0]} exited with status {proc.returncode}", file=sys.stderr)
 
 
-# --- device management ---------------------------------------------------------------
+# --- device management --------------------------------------------------------------
 
 
 def cmd_devices(registry: Any) -> int:

@@ -105,7 +105,7 @@ def parse_address(text: str) -> tuple[DeviceAddress, str]:
     return DeviceAddress(host, port), path
 
 
-# --- credentials and responses -------------------------------------------------------------
+# --- credentials and responses ------------------------------------------------------
 
 
 @dataclass
@@ -178,7 +178,7 @@ def check_response(response: Response, what: str) -> Response:
     raise RequestFailed(response.code, f"{what}: {reason}" if reason else what)
 
 
-# --- the client --------------------------------------------------------------------------------
+# --- the client ---------------------------------------------------------------------
 
 
 Payload = bytes | str | Any
@@ -480,7 +480,7 @@ def _encode_payload(payload: Payload, content_format: int | None) -> tuple[bytes
         raise ClientError(f"cannot encode payload: {exc}") from None
 
 
-# --- onboarding --------------------------------------------------------------------------------
+# --- onboarding ---------------------------------------------------------------------
 
 
 def default_client_name() -> str:

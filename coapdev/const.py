@@ -110,7 +110,7 @@ TRADFRI_PSK: Final = "9091"
 TRADFRI_FIRMWARE: Final = "9029"
 
 
-# --- Discovery and QR --------------------------------------------------------
+# --- Discovery and QR ---------------------------------------------------------------
 
 MDNS_SERVICE_TYPE: Final = "_coaps._udp.local."
 #: TXT record keys advertised over mDNS.

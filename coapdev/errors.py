@@ -16,7 +16,7 @@ class CoapdevError(Exception):
     """Root of every error coapdev raises on purpose."""
 
 
-# --- Refusals of a request (server side), each with its CoAP code -----------
+# --- Refusals of a request (server side), each with its CoAP code -------------------
 
 
 class RequestRefused(CoapdevError):
@@ -81,7 +81,7 @@ class GatewayTimeout(RequestRefused):
     code = "5.04"
 
 
-# --- Local state and configuration ------------------------------------------
+# --- Local state and configuration --------------------------------------------------
 
 
 class StateError(CoapdevError):
@@ -118,7 +118,7 @@ class PayloadError(CoapdevError):
     """A payload could not be encoded or decoded (bad JSON, CBOR or notation)."""
 
 
-# --- Client side ---------------------------------------------------------------
+# --- Client side --------------------------------------------------------------------
 
 
 class ClientError(CoapdevError):

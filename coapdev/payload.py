@@ -160,7 +160,7 @@ def _finish_item(stack: list[int]) -> None:
         stack.pop()
 
 
-# --- the CLI's typed payloads and pretty output -----------------------------------
+# --- the CLI's typed payloads and pretty output -------------------------------------
 
 
 def parse_typed_payload(text: str, kind: str = "auto") -> tuple[bytes, int]:

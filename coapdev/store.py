@@ -168,7 +168,7 @@ class CredentialStore:
     _signature: _Signature | None = None
     _dirty_last_seen: bool = False
 
-    # --- opening ---------------------------------------------------------------
+    # --- opening ---------------------------------------------------------------------
 
     @classmethod
     def open(
@@ -224,7 +224,7 @@ class CredentialStore:
     def path(self) -> Path:
         return self.directory / STATE_FILE
 
-    # --- lookups (hot path: O(1), no I/O) ----------------------------------------
+    # --- lookups (hot path: O(1), no I/O) --------------------------------------------
 
     def psk_for(self, identity: bytes) -> bytes | None:
         """The PSK for a DTLS identity, or None if the identity is unknown."""
@@ -287,7 +287,7 @@ class CredentialStore:
         until = self.device.onboarding_until
         return until is not None and now < until
 
-    # --- changes (each persisted before it returns) ------------------------------
+    # --- changes (each persisted before it returns) ----------------------------------
 
     def mint_client(
         self,
@@ -474,7 +474,7 @@ class CredentialStore:
         self._mutate(reset)
         self._audit("factory-reset", new_factory_key=new_factory_key)
 
-    # --- last seen -----------------------------------------------------------------
+    # --- last seen -------------------------------------------------------------------
 
     def touch(self, record: ClientRecord, now: float) -> None:
         """Note that a client was seen (in memory; :meth:`flush` writes it out)."""
@@ -487,7 +487,7 @@ class CredentialStore:
         if self._dirty_last_seen:
             self._mutate(lambda: None)
 
-    # --- following other processes ----------------------------------------------------
+    # --- following other processes ---------------------------------------------------
 
     def refresh(self) -> bool:
         """Reload if another process changed the file; True if it did."""
@@ -501,7 +501,7 @@ class CredentialStore:
             self._load(merge_last_seen=True)
         return True
 
-    # --- internals ------------------------------------------------------------------------
+    # --- internals -------------------------------------------------------------------
 
     def _mutate(self, change: Callable[[], T]) -> T:
         with locked(self.directory / LOCK_FILE):
@@ -635,7 +635,7 @@ def _encode_client(c: ClientRecord) -> dict[str, Any]:
     return out
 
 
-# --- parsing and validation (also used on untrusted input) -------------------------
+# --- parsing and validation (also used on untrusted input) --------------------------
 
 
 def validate_name(name: object) -> str:

@@ -1,11 +1,14 @@
-"""``coapdev-gateway``: run a device, or manage its state directory locally."""
+"""``coapdev-gateway``: run a device, or manage its state directory locally.
+
+Local commands (key, pair, clients, factory-reset) work on the state
+directory and are safe while the gateway runs: it notices within a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,32 +18,64 @@ from coapdev.audit import AuditLog
 from coapdev.errors import CoapdevError
 from coapdev.keys import format_factory_key
 from coapdev.qr import QRPayload, terminal_qr
-from coapdev.server.device import DeviceOptions, DeviceServer, default_state_dir
+from coapdev.server.device import default_state_dir
 from coapdev.store import CredentialStore
 
-log = logging.getLogger("coapdev.gateway")
+from .config import GatewayConfig, load_config, load_default_config
 
-DEFAULT_ONBOARDING_WINDOW_S = 15 * 60.0
+log = logging.getLogger("coapdev.gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="coapdev-gateway",
-        description="Serve this device's resources over coaps:// to onboarded clients.",
+        description="Serve this device's resources over coaps:// to onboarded clients, "
+        "bridging them to local scripts.",
     )
     p.add_argument("--version", action="version", version=f"coapdev-gateway {__version__}")
-    p.add_argument("--state-dir", type=Path, help="device state directory")
-    p.add_argument("--host", help="address to listen on (default ::, all addresses)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config (default: the built-in demo config)",
+    )
+    p.add_argument(
+        "--check",
+        nargs="?",
+        const=True,
+        metavar="CONFIG",
+        help="validate a config file (or --config, or the built-in one) and exit",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="device state directory (default: $STATE_DIRECTORY, else the user's "
+        "state dir, e.g. ~/.local/state/coapdev-gateway)",
+    )
+    p.add_argument("--host", help="address to listen on (default ::, every address)")
     p.add_argument("--port", type=int, help="UDP port to listen on (default 5684)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the device (the default)")
     sub.add_parser("key", help="print the factory key (canonical text) and exit")
-    clients = sub.add_parser("clients", help="list or revoke clients on this device")
-    csub = clients.add_subparsers(dest="clients_command", required=True)
+    pair = sub.add_parser("pair", help="open onboarding for a while (like a pairing button)")
+    pair.add_argument("--seconds", type=float, help="how long (default: onboarding.window_s)")
+    pair.add_argument("--close", action="store_true", help="close onboarding instead")
+    clients = sub.add_parser("clients", help="list, rename or revoke clients")
+    csub = clients.add_subparsers(dest="clients_command", required=True, metavar="ACTION")
     csub.add_parser("list", help="list clients")
-    revoke = csub.add_parser("revoke", help="revoke a client (id, identity or name)")
-    revoke.add_argument("client")
+    rev = csub.add_parser("revoke", help="revoke a client (id, identity or name)")
+    rev.add_argument("client")
+    ren = csub.add_parser("rename", help="rename a client")
+    ren.add_argument("client")
+    ren.add_argument("name")
+    role = csub.add_parser("role", help="make a client admin or user")
+    role.add_argument("client")
+    role.add_argument("role", choices=["admin", "user"])
+    reset = sub.add_parser("factory-reset", help="remove every client (and optionally the key)")
+    reset.add_argument("--new-key", action="store_true", help="also mint a new factory key")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return p
 
 
@@ -50,17 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("coap-server").setLevel(logging.WARNING)
-    logging.getLogger("coap").setLevel(logging.WARNING)
-    state_dir: Path = args.state_dir or default_state_dir()
+    for noisy in ("coap-server", "coap", "coapdev.coap", "coapdev.client.coap"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        if args.command == "key":
-            store = CredentialStore.open(state_dir, create=False)
-            print(store.device.factory_key)
-            return 0
-        if args.command == "clients":
-            return clients_command(args, state_dir)
-        return asyncio.run(serve(args, state_dir))
+        if args.check is not None:
+            return check(args)
+        config = read_config(args.config)
+        state_dir = args.state_dir or config.state_dir or default_state_dir()
+        command = args.command or "serve"
+        if command == "serve":
+            return asyncio.run(serve(args, config, state_dir))
+        return local_command(args, config, state_dir)
     except CoapdevError as exc:
         print(f"coapdev-gateway: {exc}", file=sys.stderr)
         return 1
@@ -71,45 +106,39 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def clients_command(args: argparse.Namespace, state_dir: Path) -> int:
-    store = CredentialStore.open(state_dir, create=False, audit=AuditLog(state_dir))
-    if args.clients_command == "list":
-        for c in store.clients():
-            seen = (
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_seen))
-                if c.last_seen
-                else "never"
-            )
-            print(f"{c.id:14} {c.role.value:6} {c.name:24} last seen {seen}")
-        return 0
-    if args.clients_command == "revoke":
-        record = store.revoke(store.find_client(args.client).id)
-        print(f"revoked {record.name} ({record.id})")
-        return 0
-    return 2
+def read_config(path: Path | None) -> GatewayConfig:
+    return load_config(path) if path is not None else load_default_config()
 
 
-async def serve(args: argparse.Namespace, state_dir: Path) -> int:
-    audit = AuditLog(state_dir) if state_dir.exists() else None
-    store = CredentialStore.open(state_dir, onboarding_window_s=DEFAULT_ONBOARDING_WINDOW_S)
-    if audit is None:
-        audit = AuditLog(state_dir)
-    store.audit = audit
-    options = DeviceOptions()
-    if args.host:
-        options.host = args.host
-    if args.port is not None:
-        options.port = args.port
-    server = DeviceServer(store, options, audit=audit)
-    await server.start()
-    announce(store, server.port)
+def check(args: argparse.Namespace) -> int:
+    target = args.config if args.check is True else Path(args.check)
+    config = read_config(target)
+    print(f"{config.source}: OK ({len(config.resources)} resources)")
+    return 0
+
+
+# --- serving ------------------------------------------------------------------------
+
+
+async def serve(args: argparse.Namespace, config: GatewayConfig, state_dir: Path) -> int:
+    from .app import Gateway
+
+    config_path = args.config
+    gateway = Gateway(
+        config,
+        state_dir,
+        reload_config=(lambda: load_config(config_path)) if config_path else None,
+        host=args.host,
+        port=args.port,
+    )
+    await gateway.start()
+    assert gateway.store is not None and gateway.server is not None
+    announce(gateway.store, gateway.server.port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    gateway.install_signal_handlers(stop)
     await stop.wait()
     log.info("shutting down")
-    await server.stop()
+    await gateway.stop()
     return 0
 
 
@@ -121,9 +150,83 @@ def announce(store: CredentialStore, port: int) -> None:
         f"Factory key (onboarding only): {format_factory_key(device.factory_key)}",
     ]
     if store.onboarding_open(time.time()):
-        qr = QRPayload(device.id, device.factory_key, port)
-        lines.append(f"Onboarding is open. QR payload: {qr.text()}")
-        lines.append(terminal_qr(qr.text()))
+        lines.append(onboarding_banner(store, port))
     else:
-        lines.append("Onboarding is closed; run `coapdev-gateway pair` to open it.")
+        lines.append("Onboarding is closed; run `coapdev-gateway pair` on this device to open it.")
     print("\n".join(lines), flush=True)
+
+
+def onboarding_banner(store: CredentialStore, port: int | None) -> str:
+    qr = QRPayload(store.device.id, store.device.factory_key, port)
+    until = store.device.onboarding_until
+    when = (
+        "until closed"
+        if until == float("inf")
+        else time.strftime("until %H:%M", time.localtime(until or 0))
+    )
+    return f"Onboarding is open {when}. QR payload: {qr.text()}\n{terminal_qr(qr.text())}"
+
+
+# --- local management ---------------------------------------------------------------
+
+
+def local_command(args: argparse.Namespace, config: GatewayConfig, state_dir: Path) -> int:
+    store = CredentialStore.open(state_dir, create=False, audit=AuditLog(state_dir))
+    command = args.command
+    if command == "key":
+        print(store.device.factory_key)
+        return 0
+    if command == "pair":
+        if args.close:
+            store.open_onboarding(0, now=time.time())
+            print("onboarding closed")
+            return 0
+        seconds = args.seconds if args.seconds is not None else config.onboarding.window_s
+        store.open_onboarding(seconds, now=time.time())
+        print(onboarding_banner(store, args.port or config.port))
+        return 0
+    if command == "clients":
+        return clients_command(args, store)
+    if command == "factory-reset":
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(
+                    "coapdev-gateway: factory-reset needs --yes when not run interactively",
+                    file=sys.stderr,
+                )
+                return 1
+            answer = input(f"Remove all {len(store)} clients of device {store.device.id}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                return 1
+        store.factory_reset(new_factory_key=args.new_key, now=time.time())
+        print(f"device {store.device.id}: every client removed")
+        if args.new_key:
+            print(f"new factory key: {format_factory_key(store.device.factory_key)}")
+        return 0
+    return 2
+
+
+def clients_command(args: argparse.Namespace, store: CredentialStore) -> int:
+    from coapdev.const import Role
+
+    action = args.clients_command
+    if action == "list":
+        if not len(store):
+            print("no clients", file=sys.stderr)
+        for c in store.clients():
+            seen = "never"
+            if c.last_seen:
+                seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_seen))
+            print(f"{c.id:14} {c.role.value:6} {c.name:24} last seen {seen}")
+        return 0
+    target = store.find_client(args.client)
+    if action == "revoke":
+        store.revoke(target.id)
+        print(f"revoked {target.name} ({target.id})")
+    elif action == "rename":
+        record = store.rename(target.id, args.name)
+        print(f"renamed {target.id} to {record.name!r}")
+    elif action == "role":
+        record = store.set_role(target.id, Role(args.role))
+        print(f"{record.name} is now {record.role.value}")
+    return 0

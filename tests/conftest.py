@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 from support import Gateway
+
+# mDNS in tests stays on loopback (gateways and CLIs started by tests inherit this).
+os.environ["COAPDEV_MDNS_INTERFACES"] = "127.0.0.1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -274,7 +274,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
             self._udp.close()
             self._udp = None
 
-    # --- aiocoap MessageInterface ---------------------------------------------------
+    # --- aiocoap MessageInterface ----------------------------------------------------
 
     def send(self, message: Message) -> None:
         remote = message.remote
@@ -289,7 +289,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
     async def recognize_remote(self, remote: Any) -> bool:
         return isinstance(remote, DtlsPeer) and remote._transport is self
 
-    # --- management -------------------------------------------------------------------
+    # --- management ------------------------------------------------------------------
 
     @property
     def session_count(self) -> int:
@@ -306,7 +306,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
             self._close_peer(peer, "identity revoked", notify=True)
         return len(victims)
 
-    # --- the datagram path ---------------------------------------------------------------
+    # --- the datagram path -----------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         key = (addr[0], addr[1])
@@ -411,7 +411,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
             self.stats["requests"] += 1
             mman.dispatch_message(message)
 
-    # --- tinydtls callbacks: never raise, only record ------------------------------------
+    # --- tinydtls callbacks: never raise, only record --------------------------------
 
     def _on_read(self, _addr6: tuple, data: bytes) -> int:
         self._plaintexts.append(data)
@@ -443,7 +443,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
     def _note_identity(self, identity: bytes, known: bool) -> None:
         self._asked_identity = (identity, known)
 
-    # --- sending ------------------------------------------------------------------------------
+    # --- sending ---------------------------------------------------------------------
 
     def _send_plaintext(self, peer: DtlsPeer, data: bytes) -> None:
         if peer.phase != _Phase.CONNECTED or self._peers.get(peer.key) is not peer:
@@ -471,7 +471,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
         if self._udp is not None:
             self._udp.sendto(record, sockaddr)
 
-    # --- peers -----------------------------------------------------------------------------------
+    # --- peers -----------------------------------------------------------------------
 
     def _session_for(self, sockaddr: Any) -> dtls.Session:
         host = sockaddr[0]
@@ -521,7 +521,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
             with contextlib.suppress(Exception):
                 self._mman.dispatch_error(coap_error.LibraryShutdown(reason), peer)
 
-    # --- timers -------------------------------------------------------------------------
+    # --- timers ----------------------------------------------------------------------
 
     def _schedule_retransmit(self) -> None:
         """Tick tinydtls's retransmission queue while it holds anything."""
@@ -558,7 +558,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
                     self._close_peer(peer, "idle", notify=True)
 
 
-# --- helpers ----------------------------------------------------------------------------
+# --- helpers ------------------------------------------------------------------------
 
 
 def _bind(host: str, port: int) -> socket.socket:

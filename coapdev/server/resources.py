@@ -78,7 +78,7 @@ class ServerState:
             self.drop_sessions(identities)
 
 
-# --- helpers --------------------------------------------------------------------
+# --- helpers ------------------------------------------------------------------------
 
 
 def refusal_message(exc: RequestRefused) -> Message:
@@ -153,7 +153,41 @@ def log_request(request: Message, who: str, code: Any, started: float) -> None:
         )
 
 
-# --- the site -------------------------------------------------------------------------
+# --- bounded blockwise uploads ------------------------------------------------------
+
+
+#: Uploads in progress per resource; more are refused with 5.03 until some finish.
+MAX_BLOCK1_ASSEMBLIES = 32
+#: Largest request payload a built-in resource accepts.
+BUILTIN_MAX_INPUT_BYTES = 4096
+
+
+def bound_block1(res: resource.Resource, max_bytes: int) -> None:
+    """Cap blockwise (Block1) uploads to ``res``: size and number in progress.
+
+    aiocoap would assemble any upload in memory, of any size, from any
+    number of clients at once.
+    """
+    from aiocoap.blockwise import Block1Spool
+
+    class BoundedBlock1Spool(Block1Spool):
+        def feed_and_take(self, req: Message) -> Message:
+            block1 = req.opt.block1
+            if block1 is not None:
+                end = block1.start + len(req.payload)
+                if end > max_bytes:
+                    raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
+                in_progress = len(self._assemblies._items)  # aiocoap TimeoutDict: no len()
+                if block1.block_number == 0 and in_progress >= MAX_BLOCK1_ASSEMBLIES:
+                    raise coap_error.ServiceUnavailable("too many uploads in progress")
+            elif len(req.payload) > max_bytes:
+                raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
+            return super().feed_and_take(req)
+
+    res._block1 = BoundedBlock1Spool()
+
+
+# --- the site -----------------------------------------------------------------------
 
 
 class DeviceSite(resource.Site):
@@ -222,7 +256,7 @@ def _source(request: Message) -> str:
         return "?"
 
 
-# --- guarded resources --------------------------------------------------------------------
+# --- guarded resources --------------------------------------------------------------
 
 
 Handler = Callable[[Message, Principal], Awaitable[Message]]
@@ -241,6 +275,7 @@ class GuardedResource(resource.Resource):
     def __init__(self, state: ServerState) -> None:
         super().__init__()
         self.state = state
+        bound_block1(self, BUILTIN_MAX_INPUT_BYTES)
 
     @property
     def visible_to(self) -> frozenset[Role]:
@@ -274,10 +309,6 @@ class GuardedResource(resource.Resource):
 class ObservableGuardedResource(GuardedResource, resource.ObservableResource):
     """Observable; notifications are re-rendered per observer, so re-authorized."""
 
-    def __init__(self, state: ServerState) -> None:
-        GuardedResource.__init__(self, state)
-        resource.ObservableResource.__init__(self)
-
     def notify(self) -> None:
         self.updated_state()
 
@@ -293,6 +324,7 @@ class OnboardingResource(resource.Resource):
     def __init__(self, state: ServerState) -> None:
         super().__init__()
         self.state = state
+        bound_block1(self, onboarding.MAX_ONBOARD_PAYLOAD)
 
     def get_link_description(self) -> dict[str, str] | None:
         return None  # not for clients' eyes in /.well-known/core

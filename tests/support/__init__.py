@@ -65,6 +65,15 @@ def process_group_alive(pgid: int) -> bool:
     return False
 
 
+def process_gone(pid: int) -> bool:
+    """No such process, or only a zombie left for init to reap."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 @dataclass
 class Gateway:
     """A real ``coapdev-gateway`` process on loopback; stop() is always called by its fixture."""

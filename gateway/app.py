@@ -1,0 +1,265 @@
+"""The running gateway: device server + configured script resources + operations.
+
+Start-up order: state directory and store, DTLS server, script resources,
+mDNS advertisement, pairing button.  SIGHUP reloads the config (a bad one is
+rejected and the old one kept); SIGTERM shuts everything down cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiocoap import Message
+
+from coapdev.audit import AuditLog
+from coapdev.errors import ConfigError, TooManyRequests
+from coapdev.ratelimit import AttemptLimiter
+from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
+from coapdev.server.dtls import DtlsServerOptions
+from coapdev.store import CredentialStore, StoreLimits
+
+from .config import GatewayConfig, ResourceConfig
+from .resources import ScriptResource
+
+log = logging.getLogger("coapdev.gateway")
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        state_dir: Path,
+        *,
+        reload_config: Callable[[], GatewayConfig] | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.reload_config = reload_config
+        self.host = host or config.host
+        self.port = port if port is not None else config.port
+        self.audit = AuditLog(state_dir)
+        self.store: CredentialStore | None = None
+        self.server: DeviceServer | None = None
+        self.limiter = AttemptLimiter(
+            config.onboarding.attempts_burst, config.onboarding.attempts_per_minute
+        )
+        self._resources: dict[tuple[str, ...], ScriptResource] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self.advertiser: Any = None
+        self.stopped = asyncio.Event()
+
+    # --- start and stop --------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = CredentialStore.open(
+            self.state_dir,
+            onboarding_window_s=cfg.onboarding.window_s,
+            limits=StoreLimits(max_clients=cfg.onboarding.max_clients),
+            audit=self.audit,
+        )
+        self.store = store
+        self._apply_onboarding_policy()
+        options = DeviceOptions(
+            host=self.host,
+            port=self.port,
+            demo_light=cfg.demo_light,
+            expire_after_s=cfg.onboarding.expire_after_days * DAY_S,
+            transport=cfg.transport,
+            dtls=DtlsServerOptions(
+                max_sessions=cfg.limits.max_sessions,
+                idle_timeout_s=cfg.limits.idle_timeout_s,
+                handshake_timeout_s=cfg.limits.handshake_timeout_s,
+            ),
+        )
+        server = DeviceServer(store, options, audit=self.audit)
+        server.state.before_onboarding = self._before_onboarding
+        self.server = server
+        for res_cfg in cfg.resources:
+            self._mount(res_cfg)
+        await server.start()
+        dtls = getattr(server.transport, "dtls", None)
+        if dtls is not None:
+            dtls.admit_handshake = self.limiter.allowed
+            dtls.handshake_failed = self._handshake_failed
+        if cfg.onboarding.button:
+            self._background.append(asyncio.create_task(self._button(cfg.onboarding.button)))
+        if cfg.advertise:
+            await self._advertise()
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background = []
+        await self._withdraw()
+        for res in self._resources.values():
+            res.retire()
+        if self.server is not None:
+            await self.server.stop()
+        self.stopped.set()
+
+    def install_signal_handlers(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    # --- resources and reload --------------------------------------------------------
+
+    def _mount(self, res_cfg: ResourceConfig) -> None:
+        assert self.server is not None
+        res = ScriptResource(self.server.state, res_cfg)
+        self.server.add_resource(res_cfg.path, res)
+        self._resources[res_cfg.path] = res
+
+    async def reload(self) -> bool:
+        """Re-read the config; keep the old one (and say why) if the new one is bad."""
+        if self.reload_config is None:
+            log.warning("SIGHUP: nothing to reload (running on the built-in config)")
+            return False
+        try:
+            new = self.reload_config()
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self.audit.record("config-reload-rejected", error=str(exc))
+            return False
+        except Exception as exc:  # anything else unexpected while reading
+            log.error("config reload failed, keeping the running config: %s", exc)
+            return False
+        old = self.config
+        if (new.host, new.port, new.transport) != (old.host, old.port, old.transport):
+            log.warning("host, port and transport changes take effect at the next restart")
+        if new.demo_light != old.demo_light:
+            log.warning("device.demo_light changes take effect at the next restart")
+        old_by_path = {r.path: r for r in old.resources}
+        new_by_path = {r.path: r for r in new.resources}
+        assert self.server is not None
+        for path, res_cfg in old_by_path.items():
+            if new_by_path.get(path) != res_cfg:
+                res = self._resources.pop(path)
+                self.server.remove_resource(path)
+                res.retire()
+        for path, res_cfg in new_by_path.items():
+            if path not in self._resources:
+                self._mount(res_cfg)
+        self.limiter.burst = float(new.onboarding.attempts_burst)
+        self.limiter.rate_per_s = new.onboarding.attempts_per_minute / 60.0
+        self.config = new
+        self._apply_onboarding_policy()
+        log.info("config reloaded from %s: %d resources", new.source, len(new.resources))
+        self.audit.record("config-reloaded", resources=len(new.resources))
+        return True
+
+    # --- onboarding ------------------------------------------------------------------
+
+    def _apply_onboarding_policy(self) -> None:
+        store = self.store
+        assert store is not None
+        always = store.device.onboarding_until == float("inf")
+        if self.config.onboarding.always_open and not always:
+            store.open_onboarding(None, now=time.time())
+        elif not self.config.onboarding.always_open and always:
+            store.open_onboarding(0, now=time.time())
+
+    def _before_onboarding(self, request: Message) -> None:
+        host = _host(request)
+        if not self.limiter.attempt(host):
+            self.audit.refusal("onboard-throttled", host)
+            wait = self.limiter.retry_after_s(host)
+            raise TooManyRequests(
+                f"too many onboarding attempts from {host}; retry in {wait:.0f} s"
+            )
+
+    def _handshake_failed(self, host: str, reason: str) -> None:
+        self.limiter.failure(host)
+        self.audit.refusal("handshake-failed", host, reason=reason)
+
+    async def _button(self, argv: tuple[str, ...]) -> None:
+        """A pairing button: each line the command prints opens onboarding."""
+        backoff_s = 1.0
+        while True:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                    env=dict(os.environ, COAPDEV_STATE_DIR=str(self.state_dir)),
+                )
+            except OSError as exc:
+                log.error("cannot start the pairing button command: %s", exc)
+                await asyncio.sleep(30)
+                continue
+            try:
+                assert proc.stdout is not None
+                while line := await proc.stdout.readline():
+                    if not line.strip():
+                        continue
+                    assert self.store is not None
+                    self.store.open_onboarding(self.config.onboarding.window_s, now=time.time())
+                    log.info(
+                        "pairing button pressed: onboarding open for %.0f s",
+                        self.config.onboarding.window_s,
+                    )
+                    backoff_s = 1.0
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            log.warning("pairing button command exited; restarting in %.0f s", backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 60.0)
+
+    # --- discovery -------------------------------------------------------------------
+
+    async def _advertise(self) -> None:
+        """Advertise in the background: registering takes a few seconds of probing."""
+        from coapdev.discovery import Advertiser
+
+        assert self.store is not None and self.server is not None
+        store = self.store
+        advertiser = Advertiser(
+            name=self.config.name or f"coapdev-{store.device.id}",
+            device_id=store.device.id,
+            port=self.server.port,
+            host=self.host,
+            onboarding_open=lambda: store.onboarding_open(time.time()),
+        )
+        self.advertiser = advertiser
+
+        async def run() -> None:
+            try:
+                await advertiser.start()
+            except Exception as exc:  # a device without mDNS still works by address
+                log.warning("mDNS advertising is off: %s", exc)
+                return
+            await advertiser.follow()
+
+        self._background.append(asyncio.create_task(run(), name="coapdev mDNS"))
+
+    async def _withdraw(self) -> None:
+        if self.advertiser is not None:
+            with contextlib.suppress(Exception):
+                await self.advertiser.stop()
+            self.advertiser = None
+
+
+def _host(request: Message) -> str:
+    try:
+        return request.remote.hostinfo.rsplit(":", 1)[0].strip("[]")
+    except Exception:
+        return "?"

@@ -1,0 +1,169 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coapdev.const import Role
+from coapdev.errors import ConfigError
+from gateway.config import (
+    InputMode,
+    OutputFormat,
+    load_config,
+    load_default_config,
+    parse_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(text: str):
+    return parse_config(text.encode(), "test.toml", config_dir=Path("/etc/coapdev"))
+
+
+def test_default_config_is_valid_and_bridges_scripts():
+    cfg = load_default_config()
+    paths = {r.path_text for r in cfg.resources}
+    assert {"/light", "/temperature", "/uptime"} <= paths
+    light = next(r for r in cfg.resources if r.path_text == "/light")
+    assert light.method_map["GET"].argv[0] == sys.executable
+    assert Path(light.method_map["GET"].argv[1]).is_file()
+
+
+def test_full_resource():
+    cfg = parse(
+        """
+        [device]
+        host = "127.0.0.1"
+        port = 5700
+        [[resource]]
+        path = "/relay/1"
+        output = "json"
+        input = "json"
+        timeout_s = 2
+        max_output_bytes = 100
+        concurrency = 3
+        get = { run = ["{config_dir}/relay", "get"], roles = ["user", "admin"] }
+        put = { run = ["/usr/bin/gpioset", "gpiochip0", "17=1"], roles = ["admin"], timeout_s = 1 }
+        observe = { interval_s = 0.5 }
+        """
+    )
+    r = cfg.resources[0]
+    assert r.path == ("relay", "1") and r.output is OutputFormat.JSON and r.input is InputMode.JSON
+    assert r.method_map["GET"].argv == ("/etc/coapdev/relay", "get")
+    assert r.method_map["GET"].timeout_s == 2 and r.method_map["PUT"].timeout_s == 1
+    assert r.method_map["PUT"].roles == {Role.ADMIN}
+    assert r.observe.interval_s == 0.5 and r.concurrency == 3
+
+
+@pytest.mark.parametrize(
+    "text, key, problem",
+    [
+        ('[device]\nport = "x"', "device.port", "expected an integer"),
+        ("[device]\nport = 70000", "device.port", "between 1 and 65535"),
+        ("[device]\nprot = 1", "device.prot", "did you mean 'port'"),
+        ("[[resource]]\nget = { run = ['a'] }", "resource[0].path", "missing"),
+        ("[[resource]]\npath = 'x'\nget = { run = ['a'] }", "resource[0].path", "start with '/'"),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = 'cat /x' }",
+            "resource[0].get.run",
+            "no shell ever runs",
+        ),
+        ("[[resource]]\npath = '/a'\nget = { run = [] }", "resource[0].get.run", "non-empty"),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['a', 3] }",
+            "resource[0].get.run[1]",
+            "expected a string",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['{nope}'] }",
+            "resource[0].get.run[0]",
+            "unknown placeholder",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['a'], roles = ['root'] }",
+            "resource[0].get.roles[0]",
+            "unknown role 'root'",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['a'] }\ntimout_s = 3",
+            "resource[0].timout_s",
+            "did you mean 'timeout_s'",
+        ),
+        (
+            "[[resource]]\npath = '/a'\noutput = 'xml'\nget = { run = ['a'] }",
+            "resource[0].output",
+            "expected one of",
+        ),
+        ("[[resource]]\npath = '/a'", "resource[0]", "no method"),
+        (
+            "[[resource]]\npath = '/a'\nput = { run = ['a'] }\nobserve = { interval_s = 1 }",
+            "resource[0].observe.interval_s",
+            "needs a get script",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['a'] }\nobserve = { interval_s = 1, "
+            "watch = ['b'] }",
+            "resource[0].observe",
+            "exactly one",
+        ),
+        ("[[resource]]\npath = '/onboard'\nget = { run = ['a'] }", "resource[0].path", "reserved"),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['a'] }\n[[resource]]\npath = '/a'\n"
+            "get = { run = ['b'] }",
+            "resource[1].path",
+            "already used",
+        ),
+        (
+            "[device]\ndemo_light = true\n[[resource]]\npath = '/light'\nget = { run = ['a'] }",
+            "resource[0].path",
+            "built-in demo light",
+        ),
+        ("[onboarding]\nwindow_s = -1", "onboarding.window_s", "at least 1"),
+        ("[limits]\nmax_sessions = 0", "limits.max_sessions", "between 1"),
+        ("this is not toml", "", "invalid TOML"),
+    ],
+)
+def test_errors_name_file_key_and_expectation(text, key, problem):
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    message = str(info.value)
+    assert message.startswith("test.toml")
+    assert info.value.key == key
+    assert problem in message
+
+
+def test_load_config_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_check_command_reports_file_and_key(tmp_path):
+    bad = tmp_path / "gateway.toml"
+    bad.write_text("[[resource]]\npath = '/a'\nget = { run = ['a'], timeout_s = 'soon' }\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--check", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"coapdev-gateway: {bad}: resource[0].get.timeout_s: expected a number, got a string"
+    )
+    good = tmp_path / "ok.toml"
+    good.write_text("[[resource]]\npath = '/a'\nget = { run = ['a'] }\n")
+    ok = subprocess.run(
+        [sys.executable, "-m", "gateway", "--check", str(good)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert ok.returncode == 0 and "OK (1 resources)" in ok.stdout
+
+
+def test_example_configs_in_docs_are_valid():
+    examples = sorted((REPO / "docs" / "examples").glob("*.toml"))
+    assert examples, "docs/examples holds example configs"
+    for path in examples:
+        load_config(path)
