@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -218,13 +219,24 @@ class _Reader:
                 raise self.error(f"{key}[{i}]", f"expected a string, got {_kind(item)}")
             if "\x00" in item:
                 raise self.error(f"{key}[{i}]", "contains a NUL byte")
-            try:
-                out.append(item.format_map(_Placeholders(self.placeholders, self, f"{key}[{i}]")))
-            except ValueError as exc:
-                raise self.error(f"{key}[{i}]", f"bad placeholder syntax: {exc}") from None
+            out.append(self.expand(item, f"{key}[{i}]"))
         if not out[0]:
             raise self.error(f"{key}[0]", "the program must not be empty")
         return tuple(out)
+
+    def expand(self, item: str, key: str) -> str:
+        """Replace ``{python}``, ``{scripts}`` and ``{config_dir}``; other braces stay as written
+        (awk and jq programs have plenty), but a near miss like ``{script}`` is an error."""
+        for name in re.findall(r"\{([A-Za-z_]+)\}", item):
+            if name not in self.placeholders:
+                close = difflib.get_close_matches(name, list(self.placeholders), n=1, cutoff=0.75)
+                if close:
+                    raise self.error(
+                        key, f"unknown placeholder {{{name}}}; did you mean {{{close[0]}}}?"
+                    )
+        for name, value in self.placeholders.items():
+            item = item.replace("{" + name + "}", value)
+        return item
 
     def roles(self, value: Any, key: str) -> frozenset[Role]:
         if not isinstance(value, list) or not value:
@@ -461,23 +473,6 @@ class _Reader:
                 interval_s=self.number(t["interval_s"], f"{key}.interval_s", low=0.05, high=86400)
             )
         return ObserveConfig(watch=self.argv(t["watch"], f"{key}.watch"))
-
-
-class _Placeholders(dict):
-    """``{python}``, ``{scripts}`` and ``{config_dir}`` in argv; anything else is an error."""
-
-    def __init__(self, values: dict[str, str], reader: _Reader, key: str) -> None:
-        super().__init__(values)
-        self.reader = reader
-        self.key = key
-
-    def __missing__(self, name: str) -> str:
-        known = ", ".join("{" + k + "}" for k in self)
-        raise self.reader.error(
-            self.key,
-            f"unknown placeholder {{{name}}} (known: {known}; "
-            "write {{ and }} for literal braces)",
-        )
 
 
 def _kind(value: Any) -> str:

@@ -76,9 +76,9 @@ def test_full_resource():
             "expected a string",
         ),
         (
-            "[[resource]]\npath = '/a'\nget = { run = ['{nope}'] }",
+            "[[resource]]\npath = '/a'\nget = { run = ['{script}/x'] }",
             "resource[0].get.run[0]",
-            "unknown placeholder",
+            "did you mean {scripts}",
         ),
         (
             "[[resource]]\npath = '/a'\nget = { run = ['a'], roles = ['root'] }",
@@ -131,6 +131,11 @@ def test_errors_name_file_key_and_expectation(text, key, problem):
     assert message.startswith("test.toml")
     assert info.value.key == key
     assert problem in message
+
+
+def test_braces_other_than_placeholders_stay_literal():
+    cfg = parse("[[resource]]\npath = '/a'\nget = { run = ['jq', '{a: .b}', '{python}'] }")
+    assert cfg.resources[0].method_map["GET"].argv == ("jq", "{a: .b}", sys.executable)
 
 
 def test_load_config_missing_file(tmp_path):
