@@ -206,28 +206,54 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def cmd_onboard(args: argparse.Namespace, registry: Any) -> int:
-    from .client import onboard, parse_address
-    from .errors import ClientError
+    from .client import onboard
     from .qr import parse_qr_text
 
     key = args.key
-    port_hint = None
+    qr = None
     if args.qr_text or args.qr_image:
         text = args.qr_text if args.qr_text else read_qr_image(args.qr_image)
-        payload = parse_qr_text(text)
-        key, port_hint = payload.factory_key, payload.port
-    if not args.device:
-        raise ClientError("name the device: coaps://HOST[:PORT] or HOST[:PORT]")
-    address, _ = parse_address(args.device)
-    if port_hint and ":" not in args.device.split("://")[-1].rsplit("]", 1)[-1]:
-        address = type(address)(address.host, port_hint)
+        qr = parse_qr_text(text)
+        key = qr.factory_key
+    address = await locate_device(args.device, qr)
     creds = await onboard(address, key, args.name, text_key=args.text_key, timeout_s=args.timeout)
+    if qr is not None and creds.device_id != qr.device_id:
+        from .errors import ClientError
+
+        raise ClientError(
+            f"the device at {address} is {creds.device_id}, not {qr.device_id} from the QR code"
+        )
     registry.save(creds)
     print(
         f"onboarded to device {creds.device_id} at {creds.address} as {creds.name!r} "
         f"(role {creds.role}); credentials saved in {registry.path}"
     )
     return 0
+
+
+async def locate_device(ref: str | None, qr: Any = None) -> Any:
+    """The address of a device named by address, mDNS name or id (or the QR code's id)."""
+    from .client import DeviceAddress, parse_address
+    from .discovery import can_resolve, find, looks_like_address
+    from .errors import UnknownDevice
+
+    if ref and looks_like_address(ref):
+        address, _ = parse_address(ref)
+        if qr is not None and qr.port and ":" not in ref.split("://")[-1].rsplit("]", 1)[-1]:
+            address = DeviceAddress(address.host, qr.port)
+        return address
+    wanted = ref or (qr.device_id if qr is not None else None)
+    if not wanted:
+        raise UnknownDevice("name the device: HOST[:PORT], its mDNS name or its id")
+    found = await find(wanted, seconds=3.0)
+    if found is not None:
+        return DeviceAddress(found.address, found.port)
+    if ref and can_resolve(ref):
+        return DeviceAddress(ref, qr.port if qr is not None and qr.port else 5684)
+    raise UnknownDevice(
+        f"no device {wanted!r} answered on mDNS within 3 s (and it is not a "
+        "host name); give its address"
+    )
 
 
 def read_qr_image(path: Path) -> str:
@@ -287,18 +313,47 @@ def _accept(args: argparse.Namespace) -> int | None:
     return _ACCEPT[args.accept] if getattr(args, "accept", None) else None
 
 
-async def cmd_request(args: argparse.Namespace, registry: Any) -> int:
-    from .client import Client
+async def with_rediscovery(registry: Any, creds: Any, timeout_s: float, action: Any) -> Any:
+    """Run ``action(client)``; if the device does not answer, find it again by id (mDNS).
 
+    A device whose address changed (DHCP) is found at its new address, which
+    is saved for next time.
+    """
+    from dataclasses import replace
+
+    from .client import Client, DeviceAddress
+    from .discovery import find
+    from .errors import DeviceTimeout
+
+    try:
+        async with Client(creds, timeout_s=timeout_s) as client:
+            return await action(client)
+    except DeviceTimeout:
+        found = await find(creds.device_id, seconds=3.0)
+        moved = found is not None and DeviceAddress(found.address, found.port) != creds.address
+        if not moved:
+            raise
+        assert found is not None
+        creds = replace(creds, address=DeviceAddress(found.address, found.port))
+        print(f"coapdev: device {creds.device_id} moved to {creds.address}", file=sys.stderr)
+        registry.save(creds)
+        async with Client(creds, timeout_s=timeout_s) as client:
+            return await action(client)
+
+
+async def cmd_request(args: argparse.Namespace, registry: Any) -> int:
     creds, path = resolve_target(registry, args.uri)
     body: bytes = b""
     fmt: int | None = None
     if args.command in ("put", "post"):
         body, fmt = read_payload(args)
-    async with Client(creds, timeout_s=args.timeout) as client:
-        response = await client.request(
+
+    async def send(client: Any) -> Any:
+        return await client.request(
             args.command.upper(), path, body, content_format=fmt, accept=_accept(args)
         )
+
+    response = await with_rediscovery(registry, creds, args.timeout, send)
     if response.payload:
         show(response, args.raw)
     elif not args.raw:

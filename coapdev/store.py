@@ -177,6 +177,7 @@ class CredentialStore:
         *,
         create: bool = True,
         factory_key: str | None = None,
+        device_id: str | None = None,
         onboarding_window_s: float | None = None,
         limits: StoreLimits | None = None,
         audit: AuditHook | None = None,
@@ -184,8 +185,9 @@ class CredentialStore:
     ) -> CredentialStore:
         """Load the store in ``directory``, creating it (and a factory key) if asked.
 
-        ``factory_key`` provisions a given key instead of minting one on
-        creation.  ``onboarding_window_s`` opens onboarding for that long when
+        ``factory_key`` and ``device_id`` provision a given key and id (from a
+        label printed at manufacturing, see tools/provision) instead of minting
+        them on creation.  ``onboarding_window_s`` opens onboarding for that long when
         the store is created (first start of a device).
         """
         directory = Path(directory)
@@ -206,7 +208,7 @@ class CredentialStore:
                     )
                     until = None if onboarding_window_s is None else now + onboarding_window_s
                     device = DeviceInfo(
-                        id=keys.mint_device_id(),
+                        id=validate_device_id(device_id) if device_id else keys.mint_device_id(),
                         model=DEVICE_MODEL,
                         factory_key=key,
                         created=now,
@@ -461,15 +463,23 @@ class CredentialStore:
             self._audit("expire", client=record.id, name=record.name, last_seen=record.last_seen)
         return gone
 
-    def factory_reset(self, *, new_factory_key: bool, now: float) -> None:
-        """Forget every client; optionally mint a new factory key."""
+    def factory_reset(
+        self, *, new_factory_key: bool, now: float, onboarding_window_s: float | None = None
+    ) -> None:
+        """Forget every client; optionally mint a new factory key.
+
+        Like a first start, onboarding then opens for ``onboarding_window_s``
+        (closed if None).
+        """
 
         def reset() -> None:
             self._clients.clear()
             self._by_identity.clear()
             if new_factory_key:
                 self.device.factory_key = keys.mint_factory_key()
-            self.device.onboarding_until = None
+            self.device.onboarding_until = (
+                None if onboarding_window_s is None else now + onboarding_window_s
+            )
 
         self._mutate(reset)
         self._audit("factory-reset", new_factory_key=new_factory_key)
@@ -649,6 +659,13 @@ def validate_name(name: object) -> str:
     if any(not c.isprintable() for c in name):
         raise BadRequest("client name contains control characters")
     return name
+
+
+def validate_device_id(device_id: str) -> str:
+    text = device_id.strip().upper()
+    if not 4 <= len(text) <= 20 or any(c not in keys.ALPHABET for c in text):
+        raise BadRequest(f"device id {device_id!r}: 4 to 20 characters of {keys.ALPHABET}")
+    return text
 
 
 def validate_identity(identity: object) -> str:

@@ -50,7 +50,12 @@ class Gateway:
         self.audit = AuditLog(state_dir)
         self.store: CredentialStore | None = None
         self.server: DeviceServer | None = None
-        self.limiter = AttemptLimiter(
+        # Two allowances per source: failed handshakes (a wrong key) and
+        # onboarding attempts (each costs one, successful or not).
+        self.handshake_limiter = AttemptLimiter(
+            config.onboarding.attempts_burst, config.onboarding.attempts_per_minute
+        )
+        self.onboarding_limiter = AttemptLimiter(
             config.onboarding.attempts_burst, config.onboarding.attempts_per_minute
         )
         self._resources: dict[tuple[str, ...], ScriptResource] = {}
@@ -91,7 +96,7 @@ class Gateway:
         await server.start()
         dtls = getattr(server.transport, "dtls", None)
         if dtls is not None:
-            dtls.admit_handshake = self.limiter.allowed
+            dtls.admit_handshake = self.handshake_limiter.allowed
             dtls.handshake_failed = self._handshake_failed
         if cfg.onboarding.button:
             self._background.append(asyncio.create_task(self._button(cfg.onboarding.button)))
@@ -156,8 +161,9 @@ class Gateway:
         for path, res_cfg in new_by_path.items():
             if path not in self._resources:
                 self._mount(res_cfg)
-        self.limiter.burst = float(new.onboarding.attempts_burst)
-        self.limiter.rate_per_s = new.onboarding.attempts_per_minute / 60.0
+        for limiter in (self.handshake_limiter, self.onboarding_limiter):
+            limiter.burst = float(new.onboarding.attempts_burst)
+            limiter.rate_per_s = new.onboarding.attempts_per_minute / 60.0
         self.config = new
         self._apply_onboarding_policy()
         log.info("config reloaded from %s: %d resources", new.source, len(new.resources))
@@ -177,15 +183,15 @@ class Gateway:
 
     def _before_onboarding(self, request: Message) -> None:
         host = _host(request)
-        if not self.limiter.attempt(host):
+        if not self.onboarding_limiter.attempt(host):
             self.audit.refusal("onboard-throttled", host)
-            wait = self.limiter.retry_after_s(host)
+            wait = self.onboarding_limiter.retry_after_s(host)
             raise TooManyRequests(
                 f"too many onboarding attempts from {host}; retry in {wait:.0f} s"
             )
 
     def _handshake_failed(self, host: str, reason: str) -> None:
-        self.limiter.failure(host)
+        self.handshake_limiter.failure(host)
         self.audit.refusal("handshake-failed", host, reason=reason)
 
     async def _button(self, argv: tuple[str, ...]) -> None:

@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the device (the default)")
     sub.add_parser("key", help="print the factory key (canonical text) and exit")
+    init = sub.add_parser(
+        "init", help="create the state directory with a provisioned factory key and device id"
+    )
+    init.add_argument("--key", help="the factory key (as printed on the label)")
+    init.add_argument("--device-id", help="the device id (as printed on the label)")
+    init.add_argument(
+        "--manifest", type=Path, help="a manifest written by tools/provision (with --device-id)"
+    )
     pair = sub.add_parser("pair", help="open onboarding for a while (like a pairing button)")
     pair.add_argument("--seconds", type=float, help="how long (default: onboarding.window_s)")
     pair.add_argument("--close", action="store_true", help="close onboarding instead")
@@ -95,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command or "serve"
         if command == "serve":
             return asyncio.run(serve(args, config, state_dir))
+        if command == "init":
+            return init_command(args, config, state_dir)
         return local_command(args, config, state_dir)
     except CoapdevError as exc:
         print(f"coapdev-gateway: {exc}", file=sys.stderr)
@@ -198,12 +208,41 @@ def local_command(args: argparse.Namespace, config: GatewayConfig, state_dir: Pa
             answer = input(f"Remove all {len(store)} clients of device {store.device.id}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 return 1
-        store.factory_reset(new_factory_key=args.new_key, now=time.time())
+        store.factory_reset(
+            new_factory_key=args.new_key,
+            now=time.time(),
+            onboarding_window_s=config.onboarding.window_s,
+        )
         print(f"device {store.device.id}: every client removed")
         if args.new_key:
             print(f"new factory key: {format_factory_key(store.device.factory_key)}")
         return 0
     return 2
+
+
+def init_command(args: argparse.Namespace, config: GatewayConfig, state_dir: Path) -> int:
+    from coapdev.errors import StateError
+    from coapdev.provision import read_manifest_entry
+    from coapdev.store import STATE_FILE
+
+    if (state_dir / STATE_FILE).exists():
+        raise StateError(f"{state_dir}: already initialised (factory-reset --new-key to re-key)")
+    key, device_id = args.key, args.device_id
+    if args.manifest is not None:
+        if not device_id:
+            raise StateError("--manifest needs --device-id to pick the device")
+        key = read_manifest_entry(args.manifest, device_id).factory_key
+    if not key or not device_id:
+        raise StateError("give --key and --device-id (or --manifest and --device-id)")
+    store = CredentialStore.open(
+        state_dir,
+        factory_key=key,
+        device_id=device_id,
+        onboarding_window_s=config.onboarding.window_s,
+        audit=AuditLog(state_dir),
+    )
+    print(f"initialised device {store.device.id} in {state_dir}")
+    return 0
 
 
 def clients_command(args: argparse.Namespace, store: CredentialStore) -> int:

@@ -29,10 +29,10 @@ def gateway_factory(tmp_path: Path):
     """Start gateways on loopback; every one is stopped when the test ends."""
     started: list[Gateway] = []
 
-    def start(name: str = "device", **kwargs) -> Gateway:
+    def start(name: str = "device", *, start: bool = True, **kwargs) -> Gateway:
         gw = Gateway(state_dir=tmp_path / name, **kwargs)
         started.append(gw)
-        return gw.start()
+        return gw.start() if start else gw
 
     yield start
     for gw in started:

@@ -35,7 +35,8 @@ class DeviceOptions:
     flush_interval_s: float = 60.0
     #: Clients unused this long are removed (0: never).
     expire_after_s: float = 90 * DAY_S
-    expiry_check_interval_s: float = 3600.0
+    #: How often expiry is checked (default: a tenth of expire_after_s, 1 s to 1 h).
+    expiry_check_interval_s: float | None = None
     #: DTLS server transport: "coapdev" (our own) or "aiocoap" (the stock one).
     transport: str = "coapdev"
     dtls: DtlsServerOptions = field(default_factory=DtlsServerOptions)
@@ -136,17 +137,20 @@ class DeviceServer:
                 log.info("state changed on disk; %d identities removed", len(gone))
                 self._drop_sessions(gone)
 
+    def _expiry_check_interval_s(self) -> float:
+        options = self.options
+        if options.expiry_check_interval_s is not None:
+            return options.expiry_check_interval_s
+        return min(3600.0, max(1.0, options.expire_after_s / 10))
+
     async def _flush_and_expire(self) -> None:
         last_expiry = 0.0
+        check_every_s = self._expiry_check_interval_s()
         while True:
-            await asyncio.sleep(
-                min(self.options.flush_interval_s, self.options.expiry_check_interval_s)
-            )
+            await asyncio.sleep(min(self.options.flush_interval_s, check_every_s))
             try:
                 now = time.time()
-                if self.options.expire_after_s > 0 and (
-                    now - last_expiry >= self.options.expiry_check_interval_s
-                ):
+                if self.options.expire_after_s > 0 and now - last_expiry >= check_every_s:
                     last_expiry = now
                     gone = self.store.expire_idle(self.options.expire_after_s, now=now)
                     if gone:

@@ -47,7 +47,7 @@ from ..errors import (
     UnsupportedContentFormat,
 )
 from ..payload import decode, encode
-from ..store import ClientRecord, CredentialStore, Principal
+from ..store import ClientRecord, CredentialStore, Origin, Principal
 
 log = logging.getLogger("coapdev.server")
 request_log = logging.getLogger("coapdev.requests")
@@ -90,18 +90,26 @@ def refusal_message(exc: RequestRefused) -> Message:
     )
 
 
-def response_format(request: Message, default: int = ContentFormat.CBOR) -> int:
-    """The content format to answer in: CBOR unless the client Accepts JSON."""
+def response_format(request: Message, who: Principal | None = None) -> int:
+    """The content format to answer in: what the client Accepts, CBOR or JSON.
+
+    Without an Accept option: CBOR, except for clients onboarded the Tradfri
+    way, whose code expects JSON as a Tradfri gateway speaks it.
+    """
     accept = request.opt.accept
     if accept is None:
-        return default
+        client = who.client if who is not None else None
+        tradfri = client is not None and client.origin is Origin.TRADFRI
+        return ContentFormat.JSON if tradfri else ContentFormat.CBOR
     if accept in (ContentFormat.CBOR, ContentFormat.JSON):
         return int(accept)
     raise NotAcceptable("this resource answers in CBOR (60) or JSON (50)")
 
 
-def value_response(request: Message, value: Any, code: Code | None = None) -> Message:
-    fmt = response_format(request)
+def value_response(
+    request: Message, value: Any, code: Code | None = None, who: Principal | None = None
+) -> Message:
+    fmt = response_format(request, who)
     return Message(code=code, payload=encode(value, fmt), content_format=fmt)
 
 
@@ -406,7 +414,8 @@ class DeviceInfoResource(GuardedResource):
         device = self.state.store.device
         return value_response(
             request,
-            {
+            who=who,
+            value={
                 Key.ID.value: device.id,
                 Key.MODEL.value: device.model,
                 Key.FIRMWARE.value: self.state.firmware,
@@ -443,10 +452,9 @@ class ClientsResource(GuardedResource):
 
     async def render_get(self, request: Message, who: Principal) -> Message:
         me = who.client.id if who.client else None
-        return value_response(
-            request,
-            [dict(c.public(), **{Key.SELF.value: c.id == me}) for c in self.state.store.clients()],
-        )
+        clients = self.state.store.clients()
+        listing = [dict(c.public(), **{Key.SELF.value: c.id == me}) for c in clients]
+        return value_response(request, listing, who=who)
 
 
 class ClientItemResource(GuardedResource, resource.PathCapable):
@@ -467,7 +475,7 @@ class ClientItemResource(GuardedResource, resource.PathCapable):
     async def render_get(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
         authz.require_admin_or_self(who, target)
-        return value_response(request, target.public())
+        return value_response(request, target.public(), who=who)
 
     async def render_put(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
@@ -487,7 +495,7 @@ class ClientItemResource(GuardedResource, resource.PathCapable):
             target = store.set_role(target.id, role, by=actor.id)
         if Key.NAME.value in body:
             target = store.rename(target.id, body[Key.NAME.value], by=actor.id)
-        return value_response(request, target.public(), Code.CHANGED)
+        return value_response(request, target.public(), Code.CHANGED, who)
 
     async def render_delete(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
@@ -512,7 +520,7 @@ class RekeyResource(GuardedResource):
             Key.IDENTITY.value: pending.identity,
             Key.PSK.value: client.key_for_wire(pending.key),
         }
-        fmt = response_format(request)
+        fmt = response_format(request, who)
         if fmt == ContentFormat.JSON and isinstance(body[Key.PSK.value], bytes):
             raise NotAcceptable("a bytes key cannot travel in JSON; ask for CBOR")
         return Message(code=Code.CHANGED, payload=encode(body, fmt), content_format=fmt)
@@ -538,15 +546,15 @@ class LightResource(ObservableGuardedResource):
             pass
 
     async def render_get(self, request: Message, who: Principal) -> Message:
-        return value_response(request, {Key.ON.value: self.on})
+        return value_response(request, {Key.ON.value: self.on}, who=who)
 
     async def render_put(self, request: Message, who: Principal) -> Message:
         self._set(parse_switch(request_value(request), self.on))
-        return value_response(request, {Key.ON.value: self.on}, Code.CHANGED)
+        return value_response(request, {Key.ON.value: self.on}, Code.CHANGED, who)
 
     async def render_post(self, request: Message, who: Principal) -> Message:
         self._set(not self.on)
-        return value_response(request, {Key.ON.value: self.on}, Code.CHANGED)
+        return value_response(request, {Key.ON.value: self.on}, Code.CHANGED, who)
 
     def _set(self, on: bool) -> None:
         changed = on != self.on
