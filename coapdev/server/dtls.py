@@ -106,6 +106,8 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.last_active = now
         #: The datagrams of the server's final flight, resent if it was lost.
         self.final_flight: list[bytes] = []
+        #: Recent exchanges for duplicate detection on the fast path.
+        self.recent_exchanges: Any = None
         #: The client's ChangeCipherSpec was seen (so its Finished is decryptable).
         self.saw_ccs = False
         self._claims: tuple[str, ...] = ()
@@ -223,6 +225,8 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
         self.admit_handshake: Callable[[str], bool] = lambda host: True
         self.handshake_failed: Callable[[str, str], None] = lambda host, reason: None
         self.stats = collections.Counter()
+        #: Serves simple requests without aiocoap's message layer (set by the owner).
+        self.fast_path: Any = None
 
     # --- set-up and tear-down ---------------------------------------------------
 
@@ -399,7 +403,15 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
         mman = self._mman
         if mman is None or peer.phase != _Phase.CONNECTED:
             return
+        fast = self.fast_path
         for plaintext in plaintexts:
+            if fast is not None:
+                try:
+                    if fast.handle(peer, plaintext):
+                        self.stats["requests-fast"] += 1
+                        continue
+                except Exception:
+                    log.exception("fast path failed on a request from %s", peer.hostinfo)
             try:
                 message = Message.decode(plaintext, remote=peer)
             except coap_error.UnparsableMessage:

@@ -205,29 +205,67 @@ class DeviceSite(resource.Site):
         super().__init__()
         self.state = state
 
-    async def render_to_pipe(self, pipe: Any) -> None:
-        started = time.perf_counter()
-        request = pipe.request
+    def _admit(self, request: Any, started: float) -> Principal | Message:
+        """The principal of a request, or the refusal to send (already logged)."""
         who = "-"
         try:
             principal = authz.authenticate(self.state.store, request.remote.authenticated_claims)
             who = principal.label
             authz.check_path(principal, tuple(request.opt.uri_path))
-            principal = self._note_seen(principal)
+            return self._note_seen(principal)
         except RequestRefused as exc:
             log_request(request, who, exc.code, started)
             if self.state.audit is not None and isinstance(exc, authz.Unauthorized):
                 self.state.audit.refusal(
                     "refused", _source(request), path=_path_text(request.opt.uri_path)
                 )
-            pipe.add_response(refusal_message(exc), is_last=True)
+            return refusal_message(exc)
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        started = time.perf_counter()
+        admitted = self._admit(pipe.request, started)
+        if isinstance(admitted, Message):
+            pipe.add_response(admitted, is_last=True)
             return
-        logged = _LoggedPipe(pipe, principal.label, started)
+        logged = _LoggedPipe(pipe, admitted.label, started)
         try:
             await super().render_to_pipe(logged)
         except coap_error.RenderableError as exc:
             response = exc.to_message()
             logged.add_response(response, is_last=True)
+
+    # --- the fast path (see coapdev.server.fastpath) ---
+
+    def fast_resource(self, path: tuple[str, ...]) -> resource.Resource | None:
+        """The resource at exactly ``path`` if it takes fast-path requests."""
+        res = self._resources.get(path)
+        return res if getattr(res, "fast_path", False) else None
+
+    def render_fast(
+        self, res: resource.Resource, request: Any, reply: Callable[[Message], None]
+    ) -> None:
+        """Admit and render a fast-path request; ``reply`` gets the response."""
+        from .fastpath import run_to_completion
+
+        started = time.perf_counter()
+        admitted = self._admit(request, started)
+        if isinstance(admitted, Message):
+            reply(admitted)
+            return
+        who = admitted.label
+
+        def done(response: Message | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                if isinstance(exc, coap_error.RenderableError):
+                    response = exc.to_message()
+                else:
+                    log.error("rendering %s failed", _path_text(request.opt.uri_path), exc_info=exc)
+                    response = Message(code=Code.INTERNAL_SERVER_ERROR)
+            assert response is not None
+            log_request(request, who, response.code, started)
+            reply(response)
+
+        run_to_completion(res.render(request), done)
 
     def _note_seen(self, principal: Principal) -> Principal:
         store = self.state.store
@@ -328,6 +366,7 @@ class OnboardingResource(resource.Resource):
     """POST a name with the factory key; get a minted identity and key back."""
 
     rt = "coapdev.onboard"
+    fast_path = True
 
     def __init__(self, state: ServerState) -> None:
         super().__init__()
@@ -407,6 +446,7 @@ class TradfriOnboardingResource(OnboardingResource):
 
 class DeviceInfoResource(GuardedResource):
     rt = "coapdev.device"
+    fast_path = True
     ct = f"{ContentFormat.CBOR:d} {ContentFormat.JSON:d}"
     roles = {"GET": ALL_ROLES}
 
@@ -511,6 +551,7 @@ class RekeyResource(GuardedResource):
     """POST /rekey: a new identity and key; the old ones work until the new are used."""
 
     rt = "coapdev.rekey"
+    fast_path = True
     roles = {"POST": ALL_ROLES}
 
     async def render_post(self, request: Message, who: Principal) -> Message:
@@ -533,6 +574,7 @@ class LightResource(ObservableGuardedResource):
     """
 
     rt = "coapdev.light"
+    fast_path = True
     ct = f"{ContentFormat.CBOR:d} {ContentFormat.JSON:d}"
     roles = {"GET": ALL_ROLES, "PUT": ALL_ROLES, "POST": ALL_ROLES}
 

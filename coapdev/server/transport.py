@@ -150,7 +150,10 @@ class OwnTransport:
         made: list[DtlsServerTransport] = []
 
         async def make(mman: Any) -> DtlsServerTransport:
+            from .fastpath import FastPath
+
             transport = await DtlsServerTransport.create(host, port, mman, lookup, options)
+            transport.fast_path = FastPath(site, mman._next_message_id)
             made.append(transport)
             return transport
 

@@ -1,0 +1,141 @@
+"""The fast path without sockets: parsing, answering, duplicate detection."""
+
+import asyncio
+
+import pytest
+from aiocoap import Code, Message
+
+from coapdev.server.fastpath import (
+    DEDUP_PER_SESSION,
+    FastPath,
+    encode_response,
+    parse_request,
+    run_to_completion,
+)
+
+
+def coap(mtype=0, code=1, mid=0x1234, token=b"\xaa\xbb", options=b"", payload=b""):
+    first = 0x40 | (mtype << 4) | len(token)
+    data = bytes([first, code, mid >> 8, mid & 0xFF]) + token + options
+    return data + (b"\xff" + payload if payload else b"")
+
+
+def opt(delta, value):
+    assert delta < 13 and len(value) < 13
+    return bytes([(delta << 4) | len(value)]) + value
+
+
+def test_parses_a_simple_get():
+    data = coap(options=opt(11, b"a") + opt(0, b"b") + opt(4, b"x=1") + opt(2, b"\x3c"))
+    req = parse_request(data, remote="peer")
+    assert req.code == Code.GET and req.mid == 0x1234 and req.token == b"\xaa\xbb"
+    assert req.opt.uri_path == ("a", "b") and req.opt.uri_query == ("x=1",)
+    assert req.opt.accept == 60 and req.payload == b"" and req.remote == "peer"
+
+
+def test_parses_put_with_payload_and_content_format():
+    data = coap(mtype=1, code=3, options=opt(11, b"light") + opt(1, b""), payload=b"on")
+    req = parse_request(data, None)
+    assert req.code == Code.PUT and req.mtype == 1
+    assert req.opt.content_format == 0 and req.payload == b"on"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x40\x01\x00",  # too short
+        coap(options=opt(6, b"")),  # Observe: aiocoap's job
+        coap(options=opt(11, b"a") + opt(12, b"\x02")),  # Block2 (23)
+        coap(mtype=2),  # ACK
+        coap(code=0),  # empty
+        coap(code=0x45),  # a response
+        bytes([0x80, 1, 0, 0]),  # version 2
+        bytes([0x49, 1, 0, 0]),  # token length 9
+        coap(options=b"\xf0"),  # delta 15
+        coap(options=bytes([0x13]) + b"a"),  # option runs past the end
+        coap(options=opt(11, b"\xff\xfe")),  # path not UTF-8
+        coap() + b"\xff",  # payload marker, no payload
+    ],
+)
+def test_anything_else_goes_to_aiocoap(data):
+    assert parse_request(data, None) is None
+
+
+def test_encode_piggybacked_and_non_answers():
+    con = parse_request(coap(mid=7, token=b"t"), None)
+    response = Message(code=Code.CONTENT, payload=b"hi", content_format=0)
+    assert encode_response(con, response, 7) == bytes([0x61, 0x45, 0, 7]) + b"t" + b"\xc0\xffhi"
+    non = parse_request(coap(mtype=1, mid=7, token=b""), None)
+    assert encode_response(non, Message(code=Code.CHANGED), 99)[:4] == bytes([0x50, 0x44, 0, 99])
+
+
+def test_run_to_completion_synchronously_and_via_task():
+    async def sync():
+        return 42
+
+    got = []
+    run_to_completion(sync(), lambda value, exc: got.append((value, exc)))
+    assert got == [(42, None)]
+
+    async def waits():
+        await asyncio.sleep(0.01)
+        fut = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, fut.set_result, 5)
+        return await fut + 1
+
+    async def fails():
+        await asyncio.sleep(0)
+        raise ValueError("boom")
+
+    async def main():
+        results = []
+        run_to_completion(waits(), lambda v, e: results.append((v, e)))
+        run_to_completion(fails(), lambda v, e: results.append((v, type(e))))
+        await asyncio.sleep(0.1)
+        return results
+
+    assert sorted(asyncio.run(main()), key=str) == sorted([(6, None), (None, ValueError)], key=str)
+
+
+class FakePeer:
+    def __init__(self):
+        self.sent = []
+        self.recent_exchanges = None
+        self.authenticated_claims = ("someone",)
+
+    def send(self, data):
+        self.sent.append(data)
+
+
+class FakeSite:
+    def __init__(self):
+        self.executed = 0
+
+    def fast_resource(self, path):
+        return "res" if path == ("counter",) else None
+
+    def render_fast(self, res, request, reply):
+        self.executed += 1
+        reply(Message(code=Code.CHANGED, payload=str(self.executed).encode()))
+
+
+def test_retransmissions_get_the_same_answer_and_run_once():
+    site = FakeSite()
+    fast = FastPath(site, next_mid=lambda: 1)
+    peer = FakePeer()
+    request = coap(code=2, mid=100, options=opt(11, b"counter"))
+    assert fast.handle(peer, request) and fast.handle(peer, request)
+    assert site.executed == 1 and peer.sent[0] == peer.sent[1]
+    assert fast.handle(peer, coap(code=2, mid=101, options=opt(11, b"counter")))
+    assert site.executed == 2 and peer.sent[2] != peer.sent[0]
+    assert not fast.handle(peer, coap(options=opt(11, b"other")))
+
+
+def test_duplicate_memory_is_bounded_per_session():
+    site = FakeSite()
+    fast = FastPath(site, next_mid=lambda: 1)
+    peer = FakePeer()
+    for mid in range(1000):
+        fast.handle(peer, coap(code=2, mid=mid, options=opt(11, b"counter")))
+    assert len(peer.recent_exchanges) == DEDUP_PER_SESSION
