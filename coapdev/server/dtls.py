@@ -62,6 +62,10 @@ _HT_CLIENT_HELLO = 1
 _HT_SERVER_HELLO = 2
 _RECORD_HEADER_LEN = 13
 _ALERT_DECRYPT_ERROR = 51
+#: Receive buffer: a DTLS record of tinydtls is at most 1400 bytes.
+_RECEIVE_BYTES = 4096
+#: Datagrams read per wake-up before other work gets a turn.
+_READ_BATCH = 64
 
 
 @dataclass
@@ -183,7 +187,7 @@ class _PskStore:
         return key
 
 
-class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface):
+class DtlsServerTransport(interfaces.MessageInterface):
     """aiocoap MessageInterface serving coaps:// on one UDP socket."""
 
     def __init__(
@@ -197,7 +201,9 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
         self._lookup = lookup
         self.options = options
         self._loop = loop
-        self._udp: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray(_RECEIVE_BYTES)
+        self._view = memoryview(self._buffer)
         self._family = socket.AF_INET6
         self.hostinfo_local = ""
         #: Sessions by (host, port), least recently active first.
@@ -243,8 +249,9 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
         self = cls(mman, lookup, options or DtlsServerOptions(), loop)
         sock = _bind(host, port)
         self._family = sock.family
-        _set_receive_buffer(sock, self.options.receive_buffer_bytes)
-        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        _set_buffers(sock, self.options.receive_buffer_bytes)
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._on_readable)
         bound = sock.getsockname()
         self.port = bound[1]
         shown = bound[0] if ":" not in bound[0] else f"[{bound[0]}]"
@@ -252,16 +259,39 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
         self._sweeper = loop.create_task(self._sweep(), name="coapdev DTLS session sweeper")
         return self
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._udp = transport  # type: ignore[assignment]
+    def _on_readable(self) -> None:
+        """Read what is waiting, up to a batch, straight into one reused buffer.
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            log.error("DTLS socket lost: %s", exc)
+        (asyncio's datagram transport allocates a 256 KiB buffer per datagram
+        and wakes the loop once per datagram.)
+        """
+        sock = self._sock
+        if sock is None:
+            return
+        view = self._view
+        for _ in range(_READ_BATCH):
+            try:
+                size, addr = sock.recvfrom_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors reported on the socket
+                log.debug("socket error: %s", exc)
+                continue
+            try:
+                self.datagram_received(bytes(view[:size]), addr)
+            except Exception:  # one datagram must never stop the server
+                log.exception("handling a datagram from %s failed", _host_of(addr))
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (a client went away); nothing to map them to reliably.
-        log.debug("socket error: %s", exc)
+    def _send_datagram(self, data: bytes, sockaddr: Any) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.sendto(data, sockaddr)
+        except (BlockingIOError, InterruptedError):
+            self.stats["dropped-send-buffer-full"] += 1
+        except OSError as exc:
+            log.debug("sending to %s failed: %s", _host_of(sockaddr), exc)
 
     async def shutdown(self) -> None:
         """Send close_notify to every peer, then close the socket."""
@@ -274,9 +304,10 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
         if self._retransmit_handle is not None:
             self._retransmit_handle.cancel()
         self._mman = None
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     # --- aiocoap MessageInterface ----------------------------------------------------
 
@@ -442,8 +473,7 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
                     self._sent_server_hello = True
             if self._recording_flight is not None:
                 self._recording_flight.append(data)
-            if self._udp is not None:
-                self._udp.sendto(data, sockaddr)
+            self._send_datagram(data, sockaddr)
         except Exception:
             log.exception("sending a DTLS record failed")
         return len(data)
@@ -472,16 +502,14 @@ class DtlsServerTransport(asyncio.DatagramProtocol, interfaces.MessageInterface)
 
     def _resend_final_flight(self, peer: DtlsPeer) -> None:
         self.stats["final-flight-resent"] += 1
-        if self._udp is not None:
-            for datagram in peer.final_flight:
-                self._udp.sendto(datagram, peer.sockaddr)
+        for datagram in peer.final_flight:
+            self._send_datagram(datagram, peer.sockaddr)
 
     def _send_plain_alert(self, sockaddr: Any, description: int) -> None:
         """An unencrypted (epoch 0) fatal alert, for a peer whose key did not verify."""
         record = bytes([_CT_ALERT, 0xFE, 0xFD, 0, 0]) + (2**40).to_bytes(6, "big")
         record += (2).to_bytes(2, "big") + bytes([_LEVEL_FATAL, description])
-        if self._udp is not None:
-            self._udp.sendto(record, sockaddr)
+        self._send_datagram(record, sockaddr)
 
     # --- peers -----------------------------------------------------------------------
 
@@ -593,14 +621,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _set_receive_buffer(sock: socket.socket, size: int) -> None:
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
-    if force is not None:
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    """Large socket buffers; as root past the system maximum (the ...FORCE options)."""
+    for plain, forced in (("SO_RCVBUF", "SO_RCVBUFFORCE"), ("SO_SNDBUF", "SO_SNDBUFFORCE")):
+        force = getattr(socket, forced, None)
+        if force is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
+                continue
+            except OSError:
+                pass
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-            return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, plain), size)
 
 
 def _host_of(sockaddr: Any) -> str:
