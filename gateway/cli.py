@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("coap-server", "coap", "coapdev.coap", "coapdev.client.coap"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # zeroconf logs a traceback for every interface it cannot send on
+    logging.getLogger("zeroconf").setLevel(logging.ERROR)
     try:
         if args.check is not None:
             return check(args)

@@ -262,7 +262,6 @@ class ScriptResource(ObservableGuardedResource):
 
     async def _refresh(self) -> None:
         """Run the GET script once; notify observers if its output changed."""
-        previous = self._latest[0] if self._latest else self._last_notified
         mc = self.config.method_map["GET"]
         try:
             result = await run_script(
@@ -277,7 +276,9 @@ class ScriptResource(ObservableGuardedResource):
             log.warning("polling %s: %s", self.config.path_text, failure)
             return
         self._latest = (result.stdout, time.monotonic())
-        if result.stdout != previous and self._observers:
+        # Compared with what observers were last told, after the run: two
+        # refreshes racing each other (a poll and a PUT's) notify once.
+        if result.stdout != self._last_notified and self._observers:
             self._last_notified = result.stdout
             self.notify()
 

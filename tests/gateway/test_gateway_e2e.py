@@ -389,3 +389,28 @@ def test_default_config_demo_light_and_system_resources(gateway, run):
 
     run(scenario())
     assert json.loads((gateway.state_dir / "light-state.json").read_text()) == {"on": True}
+
+
+def test_a_change_made_by_put_is_notified_once(gateway, run):
+    """A PUT triggers a poll while the interval poll may run too: observers hear once."""
+
+    async def scenario():
+        creds = await onboard(gateway.uri, gateway.factory_key(), "observer")
+        seen = []
+        async with Client(creds) as dev, Client(creds) as writer:
+            await writer.put("/light", "off")
+
+            async def watch():
+                async for r in dev.observe("/light"):
+                    seen.append(r.value["on"])
+
+            task = asyncio.create_task(watch())
+            await asyncio.sleep(1.0)
+            for word in ("toggle", "on", "on", "off", "off", "toggle"):
+                await writer.put("/light", word)
+                await asyncio.sleep(0.7)  # interval polls (1 s) overlap the PUTs' refreshes
+            await asyncio.sleep(1.5)
+            task.cancel()
+        return seen
+
+    assert run(scenario()) == [False, True, False, True]

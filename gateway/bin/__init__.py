@@ -1,0 +1,1 @@
+"""Scripts of the built-in demo config (run by path, not imported)."""
