@@ -278,3 +278,19 @@ def test_ipv6_loopback(gateway_factory, run):
             return (await dev.get("/device")).ok
 
     assert run(scenario())
+
+
+def test_stock_aiocoap_transport_still_serves(gateway_factory, tmp_path, run):
+    """The transport seam: the same device over aiocoap's own DTLS server."""
+    config = tmp_path / "stock.toml"
+    config.write_text('[device]\ntransport = "aiocoap"\nadvertise = false\ndemo_light = true\n')
+    gw = gateway_factory("stock", config=config)
+
+    async def scenario():
+        creds = await onboard(gw.uri, gw.factory_key(), "stock")
+        async with Client(creds) as dev:
+            assert (await dev.get("/device")).value["id"] == creds.device_id
+            assert (await dev.put("/light", "on")).value == {"on": True}
+
+    run(scenario())
+    assert udp_port_in_use(gw.host, gw.port)
