@@ -399,7 +399,11 @@ async def cmd_observe(args: argparse.Namespace, registry: Any) -> int:
 
     creds, path = resolve_target(registry, args.uri)
     seen = 0
-    async with Client(creds, timeout_s=args.timeout) as client:
+
+    def restored(observed: str) -> None:
+        print(f"coapdev: observation of {observed} re-registered on a new session", file=sys.stderr)
+
+    async with Client(creds, timeout_s=args.timeout, on_observe_restored=restored) as client:
         async for response in client.observe(path, accept=_accept(args)):
             if args.exec_argv:
                 await run_for_notification(args.exec_argv, response, creds, path)

@@ -37,6 +37,7 @@ from .errors import (
     ClientError,
     DeviceTimeout,
     HandshakeFailed,
+    HandshakeRejected,
     NotAuthorized,
     PayloadError,
     RequestFailed,
@@ -190,6 +191,12 @@ class Client:
     Requests are bounded by ``timeout_s``.  A session the device no longer
     knows (the gateway restarted, evicted or closed it) is dropped and the
     request retried once on a fresh handshake, so long-lived clients heal.
+
+    ``on_reconnect()`` is called once per new session after the first one;
+    ``on_observe_restored(path)`` each time an observation was re-registered
+    on a new session and delivers again.  Each Client has its own DTLS
+    context, socket and credentials: several Clients in one process, for one
+    device or many, never share a session or a key.
     """
 
     def __init__(
@@ -198,12 +205,15 @@ class Client:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         on_reconnect: Callable[[], None] | None = None,
+        on_observe_restored: Callable[[str], None] | None = None,
+        keepalive_s: float | None = None,
     ) -> None:
         self.credentials = credentials
         self.timeout_s = timeout_s
         self.on_reconnect = on_reconnect
+        self.on_observe_restored = on_observe_restored
         #: A silent observation is probed this often (see :meth:`observe`).
-        self.keepalive_s = max(timeout_s * 3, 30.0)
+        self.keepalive_s = max(timeout_s * 3, 30.0) if keepalive_s is None else keepalive_s
         self._transport: Any = None
         self._generation: int | None = None
 
@@ -280,6 +290,7 @@ class Client:
     ) -> Response:
         transport = await self._ensure_transport()
         had_session = transport.session().handshake_done
+        generation = transport.generation
         try:
             response = await self._send_once(transport, method, path, body, fmt, accept, what)
             self._note_generation(transport)
@@ -290,7 +301,7 @@ class Client:
             # The session was good before: the device may have lost it (restart,
             # eviction).  Handshake anew and try once more.
             log.info("%s: session lost (%s); reconnecting", what, exc)
-            transport.drop_session()
+            transport.drop_session(generation)
             response = await self._send_once(transport, method, path, body, fmt, accept, what)
             self._note_generation(transport)
             return response
@@ -298,8 +309,7 @@ class Client:
     def _note_generation(self, transport: Any) -> None:
         """Call ``on_reconnect`` once per new session after the first."""
         if self._generation is not None and transport.generation != self._generation:
-            if self.on_reconnect is not None:
-                self.on_reconnect()
+            self._callback(self.on_reconnect)
         self._generation = transport.generation
 
     async def _send_once(
@@ -324,34 +334,35 @@ class Client:
             return max(min(self.timeout_s / 3, 3.0), 0.5)
         return self.timeout_s
 
-    def _timeout_error(self, transport: Any, what: str) -> ClientError:
+    def _timeout_error(self, transport: Any, what: str, generation: int) -> ClientError:
         session = transport.session()
         address = self.credentials.address.uri_base
         if session.exists and not session.handshake_done and session.datagrams_received:
-            transport.drop_session()
+            transport.drop_session(generation)
             return HandshakeFailed(
                 f"{what}: handshake failed: the device at {address} answered but did not "
                 f"accept the key for identity {self.credentials.identity!r} "
                 "(wrong key, or not this device)"
             )
-        transport.drop_session()
+        transport.drop_session(generation)
         return DeviceTimeout(f"{what}: no answer from {address} within {self.timeout_s:g} s")
 
-    def _network_error(self, exc: Exception, what: str) -> ClientError:
+    def _network_error(
+        self, transport: Any, exc: Exception, what: str, generation: int
+    ) -> ClientError:
         cause = exc.__cause__
         address = self.credentials.address.uri_base
-        if self._transport is not None:
-            self._transport.drop_session()
+        transport.drop_session(generation)
         if isinstance(cause, ConnectionRefusedError):
             return DeviceTimeout(f"{what}: nothing is listening at {address} (connection refused)")
         if type(cause).__name__ == "FatalDTLSError":
             alert = cause.args[0] if cause.args else None
             if alert == ALERT_DECRYPT_ERROR:
-                return HandshakeFailed(
+                return HandshakeRejected(
                     f"{what}: handshake failed: the device at {address} did not accept the key "
                     f"for identity {self.credentials.identity!r} (wrong key, or not this device)"
                 )
-            return HandshakeFailed(
+            return HandshakeRejected(
                 f"{what}: handshake rejected by {address} (alert {alert}): identity "
                 f"{self.credentials.identity!r} is not known there (revoked, expired, "
                 "or not this device)"
@@ -393,58 +404,111 @@ class Client:
     async def observe(self, path: str, *, accept: int | None = None) -> AsyncIterator[Response]:
         """Yield the current state, then every notification, for as long as iterated.
 
-        If the observation dies (the gateway restarted, the session was lost),
-        it is re-registered on a fresh session and continues; ``on_reconnect``
-        is called each time.  A silent observation is probed with a GET every
-        ``keepalive_s``, so one that died without a word is noticed too.
-        Stops with NotAuthorized if access was revoked.
+        If the observation dies (the gateway restarted, the session was closed,
+        evicted or dropped after a timeout), it is re-registered on a fresh
+        session, the state it then has is yielded, and it continues;
+        ``on_reconnect`` is called once per new session and
+        ``on_observe_restored(path)`` once per re-registration.  A silent
+        observation is probed with a GET every ``keepalive_s``, so one that
+        died without a word (a device killed and restarted, a network outage)
+        is noticed too; a probe that finds a state not yet yielded yields it.
+        A device that ends the observation with 5.03 (it was reconfigured) is
+        asked again.  Retrying backs off up to 5 s between attempts and never
+        gives up, except when access is refused: NotAuthorized (revoked) and
+        HandshakeRejected (the identity or key is no longer accepted) end it.
+        A resource that is not observable yields its state once and ends.
         """
+        import aiocoap.error
+
         what = f"observe {self.credentials.address.uri_base}{_norm(path)}"
         backoff_s = 0.2
+        registrations = 0
         while True:
             transport = await self._ensure_transport()
             generation = transport.generation
             msg = self._message("GET", path, b"", None, accept, observe=True)
             request = transport.context.request(msg)
+            drop = False
+            next_note: asyncio.Future[Any] | None = None
             try:
                 raw = await self._await_response(transport, request.response, what)
                 self._note_generation(transport)
-                yield check_response(_response(raw), what)
+                first = check_response(_response(raw), what)
+                registrations += 1
+                if registrations > 1:
+                    log.info("%s: observation re-registered", what)
+                    self._callback(self.on_observe_restored, path)
+                last = first.payload
+                yield first
+                if raw.opt.observe is None:
+                    return  # the resource is not observable: that was its state
                 backoff_s = 0.2
                 notes = request.observation.__aiter__()
                 while True:
-                    try:
-                        note = await asyncio.wait_for(notes.__anext__(), self.keepalive_s)
-                    except TimeoutError:
-                        await self.request("GET", path, accept=accept)
+                    # One wait for the next notification outlives keepalive
+                    # probes: cancelling aiocoap's __anext__ would break the
+                    # iterator (its next call raises CancelledError).
+                    if next_note is None:
+                        next_note = asyncio.ensure_future(notes.__anext__())
+                    done, _ = await asyncio.wait({next_note}, timeout=self.keepalive_s)
+                    if not done:
+                        probe = await self.request("GET", path, accept=accept, check=False)
                         if transport.generation != generation:
-                            raise ClientError("session was renewed") from None
+                            raise _ObservationLost("the session was renewed")
+                        probe = check_response(probe, what)
+                        if probe.payload != last:
+                            last = probe.payload
+                            yield probe  # a notification was lost on the way
                         continue
+                    finished, next_note = next_note, None
+                    try:
+                        note = finished.result()
                     except StopAsyncIteration:
-                        raise ClientError("observation ended by the device") from None
-                    yield check_response(_response(note), what)
-            except (NotAuthorized, RequestFailed):
+                        raise _ObservationLost("observation ended by the device") from None
+                    response = _response(note)
+                    if response.code == "5.03":
+                        raise _ObservationLost(f"device asked to observe again: {response.code}")
+                    response = check_response(response, what)
+                    last = response.payload
+                    yield response
+            except (NotAuthorized, HandshakeRejected):
                 raise
-            except Exception as exc:  # any loss of the observation: re-register
-                if not _is_transient(exc):
+            except _ObservationLost as exc:
+                log.info("%s: %s; re-registering", what, exc)
+            except (ClientError, aiocoap.error.Error, OSError) as exc:
+                if isinstance(exc, RequestFailed):
                     raise
                 log.info("%s: observation interrupted (%s); re-registering", what, exc)
+                drop = True
             finally:
+                if next_note is not None:
+                    next_note.cancel()
                 with contextlib.suppress(Exception):
                     request.observation.cancel()
-            transport.drop_session()
+            if drop:
+                transport.drop_session(generation)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 5.0)
+
+    @staticmethod
+    def _callback(callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:  # the application's bug must not end the observation
+            log.exception("callback %r failed", callback)
 
     async def _await_response(self, transport: Any, pending: Any, what: str) -> Any:
         import aiocoap.error
 
+        generation = transport.generation
         try:
             raw = await asyncio.wait_for(pending, self._budget(transport))
         except TimeoutError:
-            raise self._timeout_error(transport, what) from None
+            raise self._timeout_error(transport, what, generation) from None
         except aiocoap.error.Error as exc:
-            raise self._network_error(exc, what) from None
+            raise self._network_error(transport, exc, what, generation) from None
         except OSError as exc:
             raise ClientError(f"{what}: {exc.strerror or exc}") from None
         transport.remote = raw.remote
@@ -458,10 +522,8 @@ def _response(raw: Any) -> Response:
     return Response(_code_text(raw.code), raw.payload, raw.opt.content_format)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    import aiocoap.error
-
-    return isinstance(exc, ClientError | aiocoap.error.Error | OSError)
+class _ObservationLost(Exception):
+    """An observation ended while its session may still be fine: register again."""
 
 
 def _norm(path: str) -> str:

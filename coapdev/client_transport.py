@@ -13,6 +13,7 @@ internals.  Additions over the stock transport:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,10 @@ from aiocoap.transports.tinydtls import (
 log = logging.getLogger("coapdev.client")
 
 
+class SessionDropped(Exception):
+    """The client ended a DTLS session on purpose (it seemed dead, or was renewed)."""
+
+
 class _CountingConnection(DTLSClientConnection):
     datagrams_received = 0
 
@@ -42,6 +47,15 @@ class _CountingConnection(DTLSClientConnection):
     @property
     def handshake_done(self) -> bool:
         return self._queue is None
+
+    def shutdown(self) -> None:
+        # Once only, and never re-entered: resetting the tinydtls peer can call
+        # back into _event (an alert), whose error handling shuts down again,
+        # and a second resetPeer of a peer being freed corrupts memory.
+        if self.__dict__.get("_shut_down"):
+            return
+        self._shut_down = True
+        super().shutdown()
 
     def _event(self, level: int, code: int) -> None:
         if (level, code) == (LEVEL_WARNING, CODE_CLOSE_NOTIFY):
@@ -120,15 +134,27 @@ class ClientTransport:
         c = connections[0]
         return SessionState(True, c.handshake_done, c.datagrams_received)
 
-    def drop_session(self) -> None:
-        """Forget the session (sending close_notify); the next request handshakes anew."""
+    def drop_session(self, generation: int | None = None) -> bool:
+        """End the session (sending close_notify); the next request handshakes anew.
+
+        Requests and observations still pending on it fail at once (rather than
+        waiting on a session that is gone), so observers re-register.  With
+        ``generation``, only the session of that generation is dropped: a caller
+        that saw an old session fail does not tear down the fresh one another
+        caller already made.  Returns whether a session was dropped.
+        """
+        if generation is not None and generation != self.generation:
+            return False
         self.remote = None
         self.generation += 1
         for connection in list(self._interface._pool.values()):
             try:
-                connection.shutdown()
+                connection._inject_error(SessionDropped("session dropped by the client"))
             except Exception as exc:  # already half torn down
                 log.debug("dropping session: %r", exc)
+                with contextlib.suppress(Exception):
+                    connection.shutdown()
+        return True
 
     async def close(self) -> None:
         self.drop_session()

@@ -129,6 +129,11 @@ class HandshakeFailed(ClientError):
     """The DTLS handshake was rejected or never completed."""
 
 
+class HandshakeRejected(HandshakeFailed):
+    """The device refused the handshake outright with a fatal alert (unknown
+    identity or wrong key): trying again with the same credentials is futile."""
+
+
 class DeviceTimeout(ClientError):
     """The device did not answer in time."""
 

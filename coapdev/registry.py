@@ -50,7 +50,7 @@ class DeviceRegistry:
             if doc.get("schema") != SCHEMA_VERSION:
                 raise ValueError(f"schema {doc.get('schema')!r} is not {SCHEMA_VERSION}")
             return {dev_id: _decode(dev_id, entry) for dev_id, entry in doc["devices"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, ClientError) as exc:
             raise CorruptStateFile(self.path, f"cannot read known devices: {exc}") from None
 
     def save(self, credentials: Credentials) -> None:

@@ -220,6 +220,7 @@ class CredentialStore:
         store.limits = limits or StoreLimits()
         store.audit = audit
         store._load()
+        store._remove_stale_temporaries()
         return store
 
     @property
@@ -512,6 +513,20 @@ class CredentialStore:
         return True
 
     # --- internals -------------------------------------------------------------------
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove temporary files a writer killed mid-write left behind.
+
+        Every write of the state file happens under the lock, so while we hold
+        it no temporary file of it can belong to a write in progress.
+        """
+        try:
+            with locked(self.directory / LOCK_FILE):
+                for pattern in (f".{STATE_FILE}.*.tmp", f".{STATE_FILE}.bak.*.tmp"):
+                    for stale in self.directory.glob(pattern):
+                        stale.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only state directory: nothing to tidy, nothing lost
 
     def _mutate(self, change: Callable[[], T]) -> T:
         with locked(self.directory / LOCK_FILE):

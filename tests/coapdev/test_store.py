@@ -265,3 +265,17 @@ def test_lookup_is_constant_time_in_practice(tmp_path):
     s._by_identity = CountingDict(s._by_identity)
     assert s.psk_for(b"c9999") == b"k" * 16
     assert CountingDict.lookups == 1
+
+
+def test_open_removes_temporaries_left_by_a_killed_writer(tmp_path):
+    store = CredentialStore.open(tmp_path)
+    store.mint_client("one", now=1.0)
+    stale = [tmp_path / ".credentials.json.999999.tmp", tmp_path / ".credentials.json.bak.7.tmp"]
+    for path in stale:
+        path.write_bytes(b'{"half": ')
+    other = tmp_path / ".light.json.5.tmp"  # not the store's: left alone
+    other.write_bytes(b"x")
+    reopened = CredentialStore.open(tmp_path)
+    assert [c.name for c in reopened.clients()] == ["one"]
+    assert not any(path.exists() for path in stale)
+    assert other.exists()
