@@ -30,6 +30,10 @@ from aiocoap.transports.tinydtls import (
 log = logging.getLogger("coapdev.client")
 
 
+#: How often a pending handshake retransmission is checked (tinydtls's first is due after 1 s).
+_RETRANSMIT_POLL_S = 0.1
+
+
 class SessionDropped(Exception):
     """The client ended a DTLS session on purpose (it seemed dead, or was renewed)."""
 
@@ -43,10 +47,28 @@ class _CountingConnection(DTLSClientConnection):
             if parent is not None:
                 parent.datagrams_received += 1
             super().datagram_received(data, addr)
+            if parent is not None and parent._queue is not None:
+                parent._drive_retransmissions()  # the handshake moved: keep its timer alive
 
     @property
     def handshake_done(self) -> bool:
         return self._queue is None
+
+    async def _run_retransmissions(self) -> None:
+        """Let tinydtls retransmit what is due, polling while anything is pending.
+
+        aiocoap converts tinydtls's due time with a clock offset taken at its
+        import, but tinydtls resets its own offset whenever any DTLS context is
+        created in the process; the two drift apart by seconds, and the
+        handshake then busy-waits or stalls.  Polling needs no clock at all.
+        """
+        while self._dtls_socket is not None and self._dtls_socket.checkRetransmit():
+            await asyncio.sleep(_RETRANSMIT_POLL_S)
+
+    def _drive_retransmissions(self) -> None:
+        task = getattr(self, "_retransmission_task", None)
+        if task is None or task.done():
+            self._retransmission_task = asyncio.ensure_future(self._run_retransmissions())
 
     def shutdown(self) -> None:
         # Once only, and never re-entered: resetting the tinydtls peer can call

@@ -86,7 +86,10 @@ class Gateway:
                 max_sessions=cfg.limits.max_sessions,
                 idle_timeout_s=cfg.limits.idle_timeout_s,
                 handshake_timeout_s=cfg.limits.handshake_timeout_s,
+                max_handshakes=cfg.limits.max_handshakes,
             ),
+            max_observations_per_session=cfg.limits.max_observations_per_session,
+            max_uploads_per_resource=cfg.limits.max_uploads_per_resource,
         )
         server = DeviceServer(store, options, audit=self.audit)
         server.state.before_onboarding = self._before_onboarding

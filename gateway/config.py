@@ -99,6 +99,9 @@ class LimitsConfig:
     max_sessions: int = 5000
     idle_timeout_s: float = 3600.0
     handshake_timeout_s: float = 20.0
+    max_handshakes: int = 256
+    max_observations_per_session: int = 64
+    max_uploads_per_resource: int = 32
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,18 @@ class _Reader:
 
     def limits(self, value: Any) -> LimitsConfig:
         t = self.table(value, "limits")
-        self.known(t, "limits", ("max_sessions", "idle_timeout_s", "handshake_timeout_s"))
+        self.known(
+            t,
+            "limits",
+            (
+                "max_sessions",
+                "idle_timeout_s",
+                "handshake_timeout_s",
+                "max_handshakes",
+                "max_observations_per_session",
+                "max_uploads_per_resource",
+            ),
+        )
         d = LimitsConfig()
         return LimitsConfig(
             max_sessions=self.integer(
@@ -367,6 +381,24 @@ class _Reader:
                 t.get("handshake_timeout_s", d.handshake_timeout_s),
                 "limits.handshake_timeout_s",
                 low=1,
+            ),
+            max_handshakes=self.integer(
+                t.get("max_handshakes", d.max_handshakes),
+                "limits.max_handshakes",
+                low=1,
+                high=1_000_000,
+            ),
+            max_observations_per_session=self.integer(
+                t.get("max_observations_per_session", d.max_observations_per_session),
+                "limits.max_observations_per_session",
+                low=0,
+                high=1_000_000,
+            ),
+            max_uploads_per_resource=self.integer(
+                t.get("max_uploads_per_resource", d.max_uploads_per_resource),
+                "limits.max_uploads_per_resource",
+                low=1,
+                high=1_000_000,
             ),
         )
 

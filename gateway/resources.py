@@ -59,7 +59,7 @@ class ScriptResource(ObservableGuardedResource):
             self.roles.setdefault("GET", frozenset().union(*self.roles.values()) or _all_roles())
         self.rt = "coapdev.script"
         self.ct = f"{int(_OUTPUT_FORMATS[config.output]):d}"
-        bound_block1(self, config.max_input_bytes)
+        bound_block1(self, config.max_input_bytes, state.max_uploads_per_resource)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._waiting = 0
         #: Latest output (bytes) and when it was produced (monotonic).

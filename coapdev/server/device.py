@@ -40,6 +40,8 @@ class DeviceOptions:
     #: DTLS server transport: "coapdev" (our own) or "aiocoap" (the stock one).
     transport: str = "coapdev"
     dtls: DtlsServerOptions = field(default_factory=DtlsServerOptions)
+    max_observations_per_session: int = 64
+    max_uploads_per_resource: int = 32
 
 
 class DeviceServer:
@@ -55,7 +57,13 @@ class DeviceServer:
         self.store = store
         self.options = options or DeviceOptions()
         self.audit = audit
-        self.state = ServerState(store=store, audit=audit, drop_sessions=self._drop_sessions)
+        self.state = ServerState(
+            store=store,
+            audit=audit,
+            drop_sessions=self._drop_sessions,
+            max_observations_per_session=self.options.max_observations_per_session,
+            max_uploads_per_resource=self.options.max_uploads_per_resource,
+        )
         demo = store.directory / "light.json" if self.options.demo_light else None
         self.site: DeviceSite = build_site(self.state, demo_light=demo)
         self.transport: DtlsTransport | None = None

@@ -77,6 +77,9 @@ class DtlsServerOptions:
     idle_timeout_s: float = 3600.0
     #: A handshake not finished within this long is abandoned.
     handshake_timeout_s: float = 20.0
+    #: Most handshakes in progress; beyond it the oldest is abandoned.  Only
+    #: handshakes past the cookie exchange count (they come from real addresses).
+    max_handshakes: int = 256
     #: Socket receive buffer (bursts of handshakes overflow the default).
     receive_buffer_bytes: int = 4 * 1024 * 1024
 
@@ -110,6 +113,8 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.last_active = now
         #: The datagrams of the server's final flight, resent if it was lost.
         self.final_flight: list[bytes] = []
+        #: Observations this session holds (see ObservableGuardedResource).
+        self.observations = 0
         #: Recent exchanges for duplicate detection on the fast path.
         self.recent_exchanges: Any = None
         #: The client's ChangeCipherSpec was seen (so its Finished is decryptable).
@@ -209,6 +214,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
         #: Sessions by (host, port), least recently active first.
         self._peers: collections.OrderedDict[tuple, DtlsPeer] = collections.OrderedDict()
         self._by_session_key: dict[tuple[str, int], DtlsPeer] = {}
+        #: Sessions still in their handshake, oldest first (a subset of _peers).
+        self._handshaking: collections.OrderedDict[tuple, DtlsPeer] = collections.OrderedDict()
         self._ctx = dtls.DTLS(
             read=self._on_read,
             write=self._on_write,
@@ -400,6 +407,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         for level, code in self._events:
             if level == _LEVEL_EVENT and code == _EVENT_CONNECTED:
                 peer.phase = _Phase.CONNECTED
+                self._handshaking.pop(peer.key, None)
                 peer.identity = (peer._pending_identity or b"").decode("ascii", "replace")
                 peer._claims = (peer.identity,)
                 peer.final_flight = flight or []
@@ -445,11 +453,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
                     log.exception("fast path failed on a request from %s", peer.hostinfo)
             try:
                 message = Message.decode(plaintext, remote=peer)
-            except coap_error.UnparsableMessage:
+            except (coap_error.UnparsableMessage, ValueError, IndexError):
+                # Malformed (e.g. an option that is not UTF-8): dropped, counted,
+                # never a logged traceback a client could flood the log with.
                 self.stats["unparsable"] += 1
+                log.debug("dropping an unparsable message from %s", peer.hostinfo)
                 continue
             except Exception:  # a decoder bug must not take the server down
-                log.exception("decoding a CoAP message from %s failed", peer.hostinfo)
+                self.stats["unparsable"] += 1
+                log.debug("decoding a CoAP message from %s failed", peer.hostinfo, exc_info=True)
                 continue
             self.stats["requests"] += 1
             mman.dispatch_message(message)
@@ -524,14 +536,29 @@ class DtlsServerTransport(interfaces.MessageInterface):
         return dtls.Session(host, sockaddr[1], 0, scope_id)
 
     def _new_peer(self, sockaddr: Any, key: tuple, now: float) -> DtlsPeer:
+        """Room is made by abandoning handshakes first: a flood of half-open
+        handshakes never pushes out an established session."""
+        while self._handshaking and (
+            len(self._handshaking) >= self.options.max_handshakes
+            or len(self._peers) >= self.options.max_sessions
+        ):
+            oldest = next(iter(self._handshaking.values()))
+            self.stats["evicted-handshake-cap"] += 1
+            self._handshake_abandoned(oldest, "too many handshakes in progress")
         while len(self._peers) >= self.options.max_sessions:
             oldest = next(iter(self._peers.values()))
             self.stats["evicted-cap"] += 1
             self._close_peer(oldest, "session cap reached", notify=True)
         peer = DtlsPeer(self, sockaddr, key, now)
         self._peers[key] = peer
+        self._handshaking[key] = peer
         self._by_session_key[(peer.session.addr, peer.session.port)] = peer
         return peer
+
+    def _handshake_abandoned(self, peer: DtlsPeer, reason: str) -> None:
+        """A handshake that will not finish; it counts against its source's allowance."""
+        self.handshake_failed(_host_of(peer.sockaddr), reason)
+        self._close_peer(peer, reason, notify=False)
 
     def _close_peer(self, peer: DtlsPeer, reason: str, *, notify: bool) -> None:
         """End a session on our side; with ``notify`` the client gets close_notify."""
@@ -554,6 +581,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if self._peers.get(peer.key) is peer:
             del self._peers[peer.key]
             self._by_session_key.pop((peer.session.addr, peer.session.port), None)
+        if self._handshaking.get(peer.key) is peer:
+            del self._handshaking[peer.key]
         was_connected = peer.phase == _Phase.CONNECTED
         peer.phase = _Phase.CLOSED
         log.debug("session %s ended: %s", peer.hostinfo, reason)
@@ -590,9 +619,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 if peer.phase == _Phase.HANDSHAKE:
                     if now - peer.started > options.handshake_timeout_s:
                         self.stats["handshake-timeout"] += 1
-                        if peer._pending_identity is not None:
-                            self.handshake_failed(_host_of(peer.sockaddr), "handshake stalled")
-                        self._close_peer(peer, "handshake timed out", notify=False)
+                        self._handshake_abandoned(peer, "handshake timed out")
                 elif now - peer.last_active > options.idle_timeout_s:
                     self.stats["evicted-idle"] += 1
                     self._close_peer(peer, "idle", notify=True)

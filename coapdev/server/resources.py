@@ -69,6 +69,10 @@ class ServerState:
     drop_sessions: Callable[[Collection[str]], object] = lambda identities: 0
     #: Optional check before onboarding (rate limits); raises RequestRefused.
     before_onboarding: Callable[[Message], None] | None = None
+    #: Observations one DTLS session may hold; more are declined (served as plain GETs).
+    max_observations_per_session: int = 64
+    #: Blockwise uploads in progress per resource; more get 5.03 until some finish.
+    max_uploads_per_resource: int = 32
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic
@@ -164,13 +168,11 @@ def log_request(request: Message, who: str, code: Any, started: float) -> None:
 # --- bounded blockwise uploads ------------------------------------------------------
 
 
-#: Uploads in progress per resource; more are refused with 5.03 until some finish.
-MAX_BLOCK1_ASSEMBLIES = 32
 #: Largest request payload a built-in resource accepts.
 BUILTIN_MAX_INPUT_BYTES = 4096
 
 
-def bound_block1(res: resource.Resource, max_bytes: int) -> None:
+def bound_block1(res: resource.Resource, max_bytes: int, max_uploads: int) -> None:
     """Cap blockwise (Block1) uploads to ``res``: size and number in progress.
 
     aiocoap would assemble any upload in memory, of any size, from any
@@ -186,7 +188,7 @@ def bound_block1(res: resource.Resource, max_bytes: int) -> None:
                 if end > max_bytes:
                     raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
                 in_progress = len(self._assemblies._items)  # aiocoap TimeoutDict: no len()
-                if block1.block_number == 0 and in_progress >= MAX_BLOCK1_ASSEMBLIES:
+                if block1.block_number == 0 and in_progress >= max_uploads:
                     raise coap_error.ServiceUnavailable("too many uploads in progress")
             elif len(req.payload) > max_bytes:
                 raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
@@ -321,7 +323,7 @@ class GuardedResource(resource.Resource):
     def __init__(self, state: ServerState) -> None:
         super().__init__()
         self.state = state
-        bound_block1(self, BUILTIN_MAX_INPUT_BYTES)
+        bound_block1(self, BUILTIN_MAX_INPUT_BYTES, state.max_uploads_per_resource)
 
     @property
     def visible_to(self) -> frozenset[Role]:
@@ -355,6 +357,28 @@ class GuardedResource(resource.Resource):
 class ObservableGuardedResource(GuardedResource, resource.ObservableResource):
     """Observable; notifications are re-rendered per observer, so re-authorized."""
 
+    async def add_observation(self, request: Message, serverobservation: Any) -> None:
+        """Accept an observation unless its session already holds its maximum.
+
+        A declined observation is not an error: the client gets the current
+        state without an Observe option (RFC 7641, 4.1), and knows.
+        """
+        remote = request.remote
+        held = getattr(remote, "observations", 0)
+        if held >= self.state.max_observations_per_session:
+            log.info("declining an observation from %s: %d held", _source(request), held)
+            return
+        remote.observations = held + 1
+        self._observations.add(serverobservation)
+
+        def cancelled() -> None:
+            self._observations.discard(serverobservation)
+            remote.observations = max(0, remote.observations - 1)
+            self.update_observation_count(len(self._observations))
+
+        serverobservation.accept(cancelled)
+        self.update_observation_count(len(self._observations))
+
     def notify(self) -> None:
         self.updated_state()
 
@@ -371,7 +395,7 @@ class OnboardingResource(resource.Resource):
     def __init__(self, state: ServerState) -> None:
         super().__init__()
         self.state = state
-        bound_block1(self, onboarding.MAX_ONBOARD_PAYLOAD)
+        bound_block1(self, onboarding.MAX_ONBOARD_PAYLOAD, state.max_uploads_per_resource)
 
     def get_link_description(self) -> dict[str, str] | None:
         return None  # not for clients' eyes in /.well-known/core

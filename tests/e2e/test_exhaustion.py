@@ -211,11 +211,6 @@ def test_half_open_handshakes_are_capped_expire_and_clients_stay_served(
     assert "Traceback" not in gw.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: half-open handshakes evict established sessions (LRU over both); "
-    "see docs/reliability.md, known issues",
-)
 def test_half_open_handshakes_do_not_evict_established_sessions(gateway_factory, tmp_path, run):
     gw = gateway_factory(config=config(tmp_path, "max_sessions = 50\nhandshake_timeout_s = 5"))
 
@@ -377,3 +372,61 @@ def test_a_thousand_observers(gateway_factory, tmp_path, run):
     print(
         f"1000 observers: +{(rss_observing - rss_before) / MIB:.1f} MiB, notified in {took:.2f} s"
     )
+
+
+def test_observations_per_session_are_capped(gateway_factory, tmp_path, run):
+    """One session cannot hold more observations than `max_observations_per_session`."""
+    from aiocoap import Code, Message
+
+    gw = gateway_factory(config=config(tmp_path, "max_observations_per_session = 5"))
+
+    async def scenario():
+        creds = await onboard(gw.uri, gw.factory_key(), "greedy")
+
+        def register() -> list[Message]:
+            c = RawDtlsClient("127.0.0.1", gw.port, creds.identity.encode(), creds.key)
+            try:
+                assert c.handshake(3.0)
+                for i in range(20):
+                    m = Message(code=Code.GET, uri_path=("light",), observe=0)
+                    m.mtype, m.mid, m.token = 0, i, i.to_bytes(2, "big")
+                    c.send_plain(m.encode())
+                deadline = time.monotonic() + 5
+                while len(c.received) < 20 and time.monotonic() < deadline:
+                    c.pump(0.1)
+                return [Message.decode(d) for d in c.received]
+            finally:
+                c.close()
+
+        return await asyncio.to_thread(register)
+
+    answers = run(scenario(), 60)
+    assert len(answers) == 20 and all(a.code == Code.CONTENT for a in answers)
+    observing = [a for a in answers if a.opt.observe is not None]
+    assert len(observing) == 5  # the rest got the state, without Observe
+
+
+def test_malformed_coap_in_a_session_is_dropped_without_tracebacks(gateway_factory, tmp_path, run):
+    """An option that is not UTF-8 is dropped and counted, not logged as a traceback."""
+    gw = gateway_factory(config=config(tmp_path))
+
+    async def scenario():
+        creds = await onboard(gw.uri, gw.factory_key(), "sloppy")
+
+        def send() -> None:
+            c = RawDtlsClient("127.0.0.1", gw.port, creds.identity.encode(), creds.key)
+            try:
+                assert c.handshake(3.0)
+                for i in range(50):  # Uri-Path 0xff, and a Content-Format of 5 bytes
+                    c.send_plain(bytes([0x40, 1, 0, i, 0xB1, 0xFF]))
+                    c.send_plain(bytes([0x40, 1, 0, 100 + i, 0xC5]) + b"\x01" * 5)
+                c.pump(0.5)
+            finally:
+                c.close()
+
+        await asyncio.to_thread(send)
+        async with Client(creds, timeout_s=5) as c:
+            assert (await c.get("/device")).ok
+
+    run(scenario(), 60)
+    assert "Traceback" not in gw.log()
