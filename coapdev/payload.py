@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 
-from .const import ContentFormat
+from .const import ContentFormat, Key
 from .errors import PayloadError
 
 #: Deepest nesting accepted in a decoded payload: a guard against stack
@@ -243,3 +243,25 @@ def _json_representable(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _json_representable(v) for k, v in value.items())
     return False
+
+
+def parse_switch(value: Any, current: bool) -> bool:
+    """On/off from ``{"on": bool}``, a bool, 0/1 or the words on/off/toggle.
+
+    Shared by the built-in demo light and the default config's light script.
+    """
+    if isinstance(value, dict) and Key.ON.value in value:
+        value = value[Key.ON.value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("on", "true", "1"):
+            return True
+        if word in ("off", "false", "0"):
+            return False
+        if word == "toggle":
+            return not current
+    raise PayloadError('send {"on": true|false}, true/false, or the text on, off or toggle')

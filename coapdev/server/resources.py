@@ -46,7 +46,7 @@ from ..errors import (
     RequestRefused,
     UnsupportedContentFormat,
 )
-from ..payload import decode, encode
+from ..payload import decode, encode, parse_switch
 from ..store import ClientRecord, CredentialStore, Origin, Principal
 
 log = logging.getLogger("coapdev.server")
@@ -401,22 +401,28 @@ class OnboardingResource(resource.Resource):
         return None  # not for clients' eyes in /.well-known/core
 
     async def render_post(self, request: Message) -> Message:
+        """Who may onboard is checked here; what is minted, by :meth:`mint`."""
         state = self.state
         try:
             principal = authz.authenticate(state.store, request.remote.authenticated_claims)
             now = state.clock()
             self._check(request, principal, now)
-            parsed = onboarding.parse_onboard_request(request.payload, request.opt.content_format)
-            as_json = request.opt.content_format == ContentFormat.JSON or (
-                request.opt.accept == ContentFormat.JSON
-            )
-            if as_json and "key-format" not in _raw_keys(request):
-                parsed = onboarding.OnboardRequest(parsed.name, onboarding.KeyFormat.TEXT)
-            if as_json and parsed.key_format is onboarding.KeyFormat.BYTES:
-                raise BadRequest('a bytes key cannot travel in JSON; ask for "key-format": "text"')
-            record = onboarding.onboard(state.store, parsed, now=now)
+            return self.mint(request, now)
         except RequestRefused as exc:
             return refusal_message(exc)
+
+    def mint(self, request: Message, now: float) -> Message:
+        """The native exchange (CBOR, or JSON with a text key)."""
+        state = self.state
+        parsed = onboarding.parse_onboard_request(request.payload, request.opt.content_format)
+        as_json = request.opt.content_format == ContentFormat.JSON or (
+            request.opt.accept == ContentFormat.JSON
+        )
+        if as_json and "key-format" not in _raw_keys(request):
+            parsed = onboarding.OnboardRequest(parsed.name, onboarding.KeyFormat.TEXT)
+        if as_json and parsed.key_format is onboarding.KeyFormat.BYTES:
+            raise BadRequest('a bytes key cannot travel in JSON; ask for "key-format": "text"')
+        record = onboarding.onboard(state.store, parsed, now=now)
         log.info(
             "onboarded client %s (%s) as %s from %s",
             record.name,
@@ -450,16 +456,9 @@ def _raw_keys(request: Message) -> Collection[str]:
 class TradfriOnboardingResource(OnboardingResource):
     """POST /15011/9063 ``{"9090": identity}`` → ``{"9091": psk, "9029": firmware}``."""
 
-    async def render_post(self, request: Message) -> Message:
-        state = self.state
-        try:
-            principal = authz.authenticate(state.store, request.remote.authenticated_claims)
-            now = state.clock()
-            self._check(request, principal, now)
-            identity = onboarding.parse_tradfri_request(request.payload)
-            record = onboarding.tradfri_onboard(state.store, identity, now=now)
-        except RequestRefused as exc:
-            return refusal_message(exc)
+    def mint(self, request: Message, now: float) -> Message:
+        identity = onboarding.parse_tradfri_request(request.payload)
+        record = onboarding.tradfri_onboard(self.state.store, identity, now=now)
         log.info("onboarded Tradfri-style client %s from %s", record.id, _source(request))
         return Message(
             code=Code.CREATED,
@@ -629,25 +628,6 @@ class LightResource(ObservableGuardedResource):
         if changed:
             # Let the response go out first, then notify observers.
             asyncio.get_running_loop().call_soon(self.notify)
-
-
-def parse_switch(value: Any, current: bool) -> bool:
-    """On/off from ``{"on": bool}``, a bool, 0/1 or the words on/off/toggle."""
-    if isinstance(value, dict) and Key.ON.value in value:
-        value = value[Key.ON.value]
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in ("on", "true", "1"):
-            return True
-        if word in ("off", "false", "0"):
-            return False
-        if word == "toggle":
-            return not current
-    raise BadRequest('send {"on": true|false}, true/false, or the text on, off or toggle')
 
 
 def build_site(state: ServerState, *, demo_light: Path | None = None) -> DeviceSite:

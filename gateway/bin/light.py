@@ -33,26 +33,18 @@ def write(on: bool) -> None:
 
 
 def parse(payload: bytes, current: bool):
+    from coapdev.errors import PayloadError
+    from coapdev.payload import parse_switch
+
     text = payload.decode("utf-8", "replace").strip()
     try:
         value = json.loads(text)
     except ValueError:
         value = text
-    if isinstance(value, dict):
-        value = value.get("on")
-    if isinstance(value, bool):
-        return value
-    if value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in ("on", "true", "1"):
-            return True
-        if word in ("off", "false", "0"):
-            return False
-        if word == "toggle":
-            return not current
-    return None
+    try:
+        return parse_switch(value, current)
+    except PayloadError:
+        return None
 
 
 def main() -> int:
