@@ -351,6 +351,41 @@ class DtlsServerTransport(interfaces.MessageInterface):
     # --- the datagram path -----------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        data, alert = _split_at_alert(data)
+        if data:
+            self._handle_records(data, addr)
+        if alert is not None:
+            self._alert_received(alert, addr)
+
+    def _alert_received(self, record: bytes, addr: Any) -> None:
+        """An alert record ends the session; tinydtls never sees it.
+
+        DTLSSocket 0.2.3 bundles a tinydtls whose ``handle_alert`` removes the
+        peer from its hash table twice (eclipse-tinydtls/tinydtls#269): every
+        close_notify or fatal alert from a client corrupts the table's counters
+        and, after a few thousand, the server dies of SIGFPE.  So alerts are
+        handled here and the session is freed with ``dtls_reset_peer``, which
+        removes it once.  An encrypted alert cannot be read here: any alert
+        record from a session's own address ends it (a client reconnects on
+        its next request; see docs/security.md).
+        """
+        peer = self._peers.get((addr[0], addr[1]))
+        if peer is None:
+            self.stats["dropped-unknown-peer"] += 1
+            return
+        self.stats["alerts"] += 1
+        epoch = int.from_bytes(record[3:5], "big")
+        if epoch == 0 and len(record) >= _RECORD_HEADER_LEN + 2:
+            level, code = record[_RECORD_HEADER_LEN], record[_RECORD_HEADER_LEN + 1]
+            reason = "closed by peer" if code == _ALERT_CLOSE_NOTIFY else f"alert {level}/{code}"
+        else:
+            reason = "closed by peer (encrypted alert)"
+        if peer.phase == _Phase.HANDSHAKE:
+            self._handshake_abandoned(peer, f"handshake ended by the client: {reason}")
+        else:
+            self._close_peer(peer, reason, notify=False)
+
+    def _handle_records(self, data: bytes, addr: Any) -> None:
         key = (addr[0], addr[1])
         peer = self._peers.get(key)
         if peer is None:
@@ -682,6 +717,28 @@ def _records(data: bytes):
         length = int.from_bytes(data[pos + 11 : pos + 13], "big")
         yield data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
         pos += _RECORD_HEADER_LEN + length
+
+
+def _split_at_alert(data: bytes) -> tuple[bytes, bytes | None]:
+    """The records before the first alert record, and that alert record (or None).
+
+    A truncated alert record (its length runs past the datagram) would be
+    ignored by tinydtls too: it is cut off and not acted on.
+    """
+    size = len(data)
+    if (
+        size >= _RECORD_HEADER_LEN
+        and data[0] != _CT_ALERT
+        and _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= size
+    ):
+        return data, None  # the usual case: one record, not an alert
+    pos = 0
+    while pos + _RECORD_HEADER_LEN <= size:
+        end = pos + _RECORD_HEADER_LEN + int.from_bytes(data[pos + 11 : pos + 13], "big")
+        if data[pos] == _CT_ALERT:
+            return data[:pos], (data[pos:end] if end <= size else None)
+        pos = end
+    return data, None
 
 
 def _has_epoch1_handshake(data: bytes) -> bool:

@@ -430,3 +430,63 @@ def test_malformed_coap_in_a_session_is_dropped_without_tracebacks(gateway_facto
 
     run(scenario(), 60)
     assert "Traceback" not in gw.log()
+
+
+def test_alerts_from_clients_never_corrupt_the_session_table(gateway_factory, tmp_path, run):
+    """close_notify and fatal alerts, again and again from one address, while others stay.
+
+    The tinydtls bundled with DTLSSocket 0.2.3 unlinks a peer twice when it
+    receives an alert (eclipse-tinydtls/tinydtls#269).  This exact sequence
+    (a session kept open; one source port that handshakes and sends
+    close_notify twice, then handshakes a third time) made the old gateway
+    die of SIGFPE on the third handshake; fatal alerts in the clear, mid
+    handshake, took the same path.
+    """
+    from aiocoap import Code, Message
+
+    gw = gateway_factory(config=config(tmp_path))
+
+    async def scenario():
+        creds = await onboard(gw.uri, gw.factory_key(), "polite")
+        identity, key = creds.identity.encode(), creds.key
+
+        def sessions() -> list[str]:
+            outcomes = []
+            keeper = RawDtlsClient("127.0.0.1", gw.port, identity, key)
+            assert keeper.handshake(3.0), "the session kept open did not connect"
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", 0))
+            fixed = probe.getsockname()[1]
+            probe.close()
+            for round_ in range(6):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", fixed))
+                c = RawDtlsClient("127.0.0.1", gw.port, identity, key, sock=s)
+                connected = c.handshake(3.0)
+                outcomes.append("connected" if connected else "refused")
+                if round_ % 3 == 2:
+                    # a fatal alert in the clear (epoch 0) on an established session
+                    c.send_raw(bytes([21, 0xFE, 0xFD, 0, 0]) + bytes(6) + b"\x00\x02\x02\x28")
+                    c.close(notify=False)
+                else:
+                    c.close()  # close_notify
+                time.sleep(0.05)
+            m = Message(code=Code.GET, uri_path=("device",))
+            m.mtype, m.mid, m.token = 0, 7, b"k"
+            keeper.send_plain(m.encode())
+            deadline = time.monotonic() + 3
+            while not keeper.received and time.monotonic() < deadline:
+                keeper.pump(0.05)
+            outcomes.append("kept session answered" if keeper.received else "kept session lost")
+            keeper.close()
+            return outcomes
+
+        outcomes = await asyncio.to_thread(sessions)
+        assert gw.proc.poll() is None, f"the gateway died: exit status {gw.proc.returncode}"
+        async with Client(creds, timeout_s=5) as c:
+            assert (await c.get("/device")).ok
+        return outcomes
+
+    outcomes = run(scenario(), 60)
+    assert outcomes == ["connected"] * 6 + ["kept session answered"], outcomes
