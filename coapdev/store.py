@@ -1,12 +1,23 @@
 """The device's credential store: factory key and every minted client.
 
-Everything lives in one JSON file in the device's state directory, replaced
-atomically on every change (see :mod:`coapdev.atomic`), mode 0600, with a
-schema version.  Several processes may share a state directory (the running
-gateway and ``coapdev-gateway clients ...`` on the same device): every change
-is made under a file lock after re-reading the file if another process
-changed it, and :meth:`CredentialStore.refresh` lets a long-running process
-pick up such changes cheaply (one ``stat``).
+Two files in the device's state directory, mode 0600: a snapshot
+(``credentials.json``, schema-versioned, replaced atomically, see
+:mod:`coapdev.atomic`) and a journal (``credentials.journal``, JSON lines)
+that every change is appended to and fsynced before it counts.  Why a
+journal: rewriting the whole snapshot per onboarding costs time in
+proportion to the number of clients (about 90 ms at 10 000); an append is
+about 0.2 ms at any size.  The journal is folded into a new snapshot once it
+holds as many entries as there are clients (and at least
+``JOURNAL_COMPACT_MIN``), so loading stays linear.  A journal line cut short
+by a crash was never acknowledged and is dropped; the journal names the
+snapshot generation it belongs to, so a crash between writing a new snapshot
+and starting its journal replays nothing twice.
+
+Several processes may share a state directory (the running gateway and
+``coapdev-gateway clients ...`` on the same device): every change is made
+under a file lock after re-reading the files if another process changed
+them, and :meth:`CredentialStore.refresh` lets a long-running process pick
+up such changes cheaply (two ``stat`` calls).
 
 No sockets here: the store is tested directly, and the server is a thin shell
 that asks it :meth:`~CredentialStore.psk_for` during handshakes (a dict
@@ -47,6 +58,10 @@ from .errors import (
 
 SCHEMA_VERSION = 1
 STATE_FILE = "credentials.json"
+JOURNAL_FILE = "credentials.journal"
+#: The journal is compacted into the snapshot past this many entries (or past
+#: as many entries as there are clients, if that is more).
+JOURNAL_COMPACT_MIN = 256
 LOCK_FILE = ".lock"
 AUDIT_FILE = "audit.jsonl"
 
@@ -165,8 +180,16 @@ class CredentialStore:
     audit: AuditHook | None = None
     _clients: dict[str, ClientRecord] = field(default_factory=dict)
     _by_identity: dict[str, ClientRecord] = field(default_factory=dict)
-    _signature: _Signature | None = None
-    _dirty_last_seen: bool = False
+    _names: set[str] = field(default_factory=set)
+    _admins: int = 0
+    _signature: tuple[_Signature | None, _Signature | None] | None = None
+    #: Clients whose last-seen time moved since it was last written.
+    _seen_dirty: set[str] = field(default_factory=set)
+    #: Journal entries of the change being made, and whether it needs a snapshot.
+    _ops: list[dict[str, Any]] = field(default_factory=list)
+    _snapshot_needed: bool = False
+    _generation: int = 0
+    _journal_entries: int = 0
 
     # --- opening ---------------------------------------------------------------------
 
@@ -323,7 +346,7 @@ class CredentialStore:
             ):
                 raise Conflict(f"identity {identity!r} is already in use on this device")
             client_id = identity or self._fresh_identity()
-            has_admin = any(c.role is Role.ADMIN for c in self._clients.values())
+            has_admin = self._admins > 0
             record = ClientRecord(
                 id=client_id,
                 identity=client_id,
@@ -335,6 +358,7 @@ class CredentialStore:
                 key_format=KeyFormat.TEXT if text_key else KeyFormat.BYTES,
             )
             self._add(record)
+            self._changed(record)
             return record
 
         record = self._mutate(mint)
@@ -351,6 +375,7 @@ class CredentialStore:
         def revoke() -> ClientRecord:
             record = self.client(client_id)
             self._remove(record)
+            self._ops.append({"op": "remove", "id": record.id})
             return record
 
         record = self._mutate(revoke)
@@ -362,9 +387,12 @@ class CredentialStore:
 
         def rename() -> ClientRecord:
             record = self.client(client_id)
-            if new_name != record.name and any(c.name == new_name for c in self._clients.values()):
+            if new_name != record.name and new_name in self._names:
                 raise Conflict(f"another client is already named {new_name!r}")
+            self._unindex(record)
             record.name = new_name
+            self._index(record)
+            self._changed(record)
             return record
 
         old = self.client(client_id).name
@@ -375,7 +403,10 @@ class CredentialStore:
     def set_role(self, client_id: str, role: Role, *, by: str = "local") -> ClientRecord:
         def set_role() -> ClientRecord:
             record = self.client(client_id)
+            self._unindex(record)
             record.role = role
+            self._index(record)
+            self._changed(record)
             return record
 
         record = self._mutate(set_role)
@@ -400,6 +431,7 @@ class CredentialStore:
             )
             record.pending = pending
             self._by_identity[pending.identity] = record
+            self._changed(record)
             return pending
 
         pending = self._mutate(begin)
@@ -417,6 +449,7 @@ class CredentialStore:
             record.identity = record.pending.identity
             record.key = record.pending.key
             record.pending = None
+            self._changed(record)
             return record
 
         record = self._mutate(confirm)
@@ -434,6 +467,7 @@ class CredentialStore:
 
         def set_window() -> float | None:
             self.device.onboarding_until = until
+            self._ops.append({"op": "device", "onboarding-until": _encode_until(until)})
             return until
 
         self._mutate(set_window)
@@ -457,6 +491,7 @@ class CredentialStore:
             gone = idle()
             for record in gone:
                 self._remove(record)
+                self._ops.append({"op": "remove", "id": record.id})
             return gone
 
         gone = self._mutate(expire)
@@ -474,8 +509,9 @@ class CredentialStore:
         """
 
         def reset() -> None:
-            self._clients.clear()
-            self._by_identity.clear()
+            for record in list(self._clients.values()):
+                self._remove(record)
+            self._snapshot_needed = True
             if new_factory_key:
                 self.device.factory_key = keys.mint_factory_key()
             self.device.onboarding_until = (
@@ -491,22 +527,23 @@ class CredentialStore:
         """Note that a client was seen (in memory; :meth:`flush` writes it out)."""
         if record.last_seen is None or now - record.last_seen >= LAST_SEEN_RESOLUTION_S:
             record.last_seen = now
-            self._dirty_last_seen = True
+            self._seen_dirty.add(record.id)
 
     def flush(self) -> None:
         """Write out ``last_seen`` times noted since the last write, if any."""
-        if self._dirty_last_seen:
+        if self._seen_dirty:
             self._mutate(lambda: None)
+
+    def compact(self) -> None:
+        """Fold the journal into a new snapshot now (it also happens by itself)."""
+        self._snapshot_needed = True
+        self._mutate(lambda: None)
 
     # --- following other processes ---------------------------------------------------
 
     def refresh(self) -> bool:
         """Reload if another process changed the file; True if it did."""
-        try:
-            signature = _signature_of(self.path)
-        except FileNotFoundError:
-            return False
-        if signature == self._signature:
+        if self._disk_signature() == self._signature:
             return False
         with locked(self.directory / LOCK_FILE):
             self._load(merge_last_seen=True)
@@ -522,7 +559,11 @@ class CredentialStore:
         """
         try:
             with locked(self.directory / LOCK_FILE):
-                for pattern in (f".{STATE_FILE}.*.tmp", f".{STATE_FILE}.bak.*.tmp"):
+                for pattern in (
+                    f".{STATE_FILE}.*.tmp",
+                    f".{STATE_FILE}.bak.*.tmp",
+                    f".{JOURNAL_FILE}.*.tmp",
+                ):
                     for stale in self.directory.glob(pattern):
                         stale.unlink(missing_ok=True)
         except OSError:
@@ -530,31 +571,87 @@ class CredentialStore:
 
     def _mutate(self, change: Callable[[], T]) -> T:
         with locked(self.directory / LOCK_FILE):
-            try:
-                signature = _signature_of(self.path)
-            except FileNotFoundError:
-                signature = None
-            if signature != self._signature:
+            if self._disk_signature() != self._signature:
                 self._load(merge_last_seen=True)
+            self._ops = []
             try:
                 result = change()
             except BaseException:
+                self._ops = []
+                self._snapshot_needed = False
                 self._load(merge_last_seen=True)  # drop a half-made change
                 raise
-            self._write()
+            self._persist()
             return result
+
+    def _changed(self, record: ClientRecord) -> None:
+        self._ops.append({"op": "client", "client": _encode_client(record)})
+
+    def _persist(self) -> None:
+        """Journal the change just made (with pending last-seen times), or snapshot."""
+        ops, self._ops = self._ops, []
+        for client_id in sorted(self._seen_dirty):
+            record = self._clients.get(client_id)
+            if record is not None and record.last_seen is not None:
+                ops.append({"op": "seen", "id": client_id, "t": record.last_seen})
+        limit = max(JOURNAL_COMPACT_MIN, len(self._clients))
+        if self._snapshot_needed or self._journal_entries + len(ops) > limit:
+            self._write()
+        elif ops and not self._append(ops):
+            self._write()
+        self._seen_dirty.clear()
+
+    def _append(self, ops: list[dict[str, Any]]) -> bool:
+        """Append to the journal and fsync; False if it must be rewritten instead."""
+        data = b"".join(_journal_line(op) for op in ops)
+        try:
+            fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return False  # a state directory from before journals, or removed by hand
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0 or os.pread(fd, 1, size - 1) != b"\n":
+                return False  # a line cut short by a crash: start a fresh journal
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._journal_entries += len(ops)
+        self._signature = self._disk_signature()
+        return True
+
+    @property
+    def journal_path(self) -> Path:
+        return self.directory / JOURNAL_FILE
+
+    def _disk_signature(self) -> tuple[_Signature | None, _Signature | None]:
+        return _signature_or_none(self.path), _signature_or_none(self.journal_path)
 
     def _add(self, record: ClientRecord) -> None:
         self._clients[record.id] = record
         self._by_identity[record.identity] = record
         if record.pending is not None:
             self._by_identity[record.pending.identity] = record
+        self._index(record)
 
     def _remove(self, record: ClientRecord) -> None:
-        self._clients.pop(record.id, None)
+        if self._clients.pop(record.id, None) is not None:
+            self._unindex(record)
         self._by_identity.pop(record.identity, None)
         if record.pending is not None:
             self._by_identity.pop(record.pending.identity, None)
+
+    def _index(self, record: ClientRecord) -> None:
+        self._names.add(record.name)
+        if record.role is Role.ADMIN:
+            self._admins += 1
+
+    def _unindex(self, record: ClientRecord) -> None:
+        self._names.discard(record.name)
+        if record.role is Role.ADMIN:
+            self._admins -= 1
 
     def _fresh_identity(self) -> str:
         while True:
@@ -563,7 +660,7 @@ class CredentialStore:
                 return candidate
 
     def _unique_name(self, name: str) -> str:
-        taken = {c.name for c in self._clients.values()}
+        taken = self._names
         if name not in taken:
             return name
         n = 2
@@ -579,8 +676,11 @@ class CredentialStore:
             self.audit(event, details)
 
     def _write(self) -> None:
+        """A new snapshot of everything, then an empty journal for it."""
+        generation = self._generation + 1
         document = {
             "schema": SCHEMA_VERSION,
+            "journal": generation,
             "device": {
                 "id": self.device.id,
                 "model": self.device.model,
@@ -595,24 +695,30 @@ class CredentialStore:
         }
         data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(self.path, data, keep_previous=True)
-        self._signature = _signature_of(self.path)
-        self._dirty_last_seen = False
+        # A second copy first: if the snapshot is ever damaged, the copy plus the
+        # journal still hold everything.
+        write_atomic(self.path.with_name(STATE_FILE + ".bak"), data)
+        write_atomic(self.path, data)
+        write_atomic(self.journal_path, _journal_line({"op": "begin", "journal": generation}))
+        self._generation = generation
+        self._journal_entries = 0
+        self._snapshot_needed = False
+        self._seen_dirty.clear()
+        self._signature = self._disk_signature()
 
     def _load(self, *, merge_last_seen: bool = False) -> None:
-        path = self.path
-        try:
-            signature = _signature_of(path)
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise StateError(f"{path}: missing") from None
-        except OSError as exc:
-            raise StateError(f"{path}: cannot read: {exc.strerror}") from None
-        device, clients = parse_state(raw, path)
+        signature = self._disk_signature()
+        device, clients, generation, entries = read_state_files(self.directory)
         previous = self._clients if merge_last_seen else {}
         self.device = device
         self._clients = {}
         self._by_identity = {}
+        self._names = set()
+        self._admins = 0
+        self._generation = generation
+        self._journal_entries = max(entries, 0)
+        if entries < 0:
+            self._snapshot_needed = True
         for record in clients:
             old = previous.get(record.id)
             if (
@@ -621,13 +727,121 @@ class CredentialStore:
                 and (record.last_seen is None or old.last_seen > record.last_seen)
             ):
                 record.last_seen = old.last_seen
-                self._dirty_last_seen = True
+                self._seen_dirty.add(record.id)
             self._add(record)
         self._signature = signature
 
 
 def _placeholder_device() -> DeviceInfo:
     return DeviceInfo(id="", model="", factory_key="", created=0.0)
+
+
+def _signature_or_none(path: Path) -> _Signature | None:
+    try:
+        return _signature_of(path)
+    except FileNotFoundError:
+        return None
+
+
+def _journal_line(op: dict[str, Any]) -> bytes:
+    return json.dumps(op, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def read_state(directory: Path | str) -> tuple[DeviceInfo, list[ClientRecord]]:
+    """The device and its clients as on disk (snapshot plus journal), without locking."""
+    device, clients, _, _ = read_state_files(Path(directory))
+    return device, clients
+
+
+def read_state_files(directory: Path) -> tuple[DeviceInfo, list[ClientRecord], int, int]:
+    """Snapshot plus journal: device, clients, snapshot generation, journal entries
+    (-1: there is no journal for this snapshot, the next change writes a snapshot)."""
+    path = directory / STATE_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise StateError(f"{path}: missing") from None
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read: {exc.strerror}") from None
+    device, clients = parse_state(raw, path)
+    generation = _snapshot_generation(raw)
+    journal = directory / JOURNAL_FILE
+    try:
+        lines = journal.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return device, clients, generation, -1
+    except OSError as exc:
+        raise StateError(f"{journal}: cannot read: {exc.strerror}") from None
+    if len(lines) < 2 or _begin_generation(lines[0]) != generation:
+        return device, clients, generation, -1  # left over from an earlier snapshot
+    device, clients = replay_journal(device, clients, generation, lines, journal)
+    return device, clients, generation, len(lines) - 2
+
+
+def _snapshot_generation(raw: bytes) -> int:
+    value = json.loads(raw).get("journal", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def replay_journal(
+    device: DeviceInfo,
+    clients: list[ClientRecord],
+    generation: int,
+    lines: list[bytes],
+    path: Path,
+) -> tuple[DeviceInfo, list[ClientRecord]]:
+    """Apply the journal's entries to a snapshot's content.
+
+    ``lines`` is the file split at newlines: the last element is what
+    follows the last newline, a line cut short by a crash (never
+    acknowledged: dropped).  A journal begun for another snapshot
+    generation is ignored: its entries are in the snapshot already.
+    """
+    complete = lines[:-1]
+    if not complete or _begin_generation(complete[0]) != generation:
+        return device, clients
+    by_id = {c.id: c for c in clients}
+    for number, line in enumerate(complete[1:], start=2):
+        try:
+            op = json.loads(line)
+            kind = op["op"]
+            if kind == "client":
+                record = _decode_client(op["client"])
+                by_id[record.id] = record
+            elif kind == "remove":
+                by_id.pop(_str(op["id"]), None)
+            elif kind == "seen":
+                seen = by_id.get(_str(op["id"]))
+                t = float(op["t"])
+                if seen is not None and (seen.last_seen is None or t > seen.last_seen):
+                    seen.last_seen = t
+            elif kind == "device":
+                until = op["onboarding-until"]
+                device.onboarding_until = float("inf") if until == "always" else _opt_float(until)
+            else:
+                raise ValueError(f"unknown entry {kind!r}")
+        except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
+            raise CorruptStateFile(path, f"line {number}: invalid entry: {exc!r}") from None
+        except CoapdevError as exc:
+            raise CorruptStateFile(path, f"line {number}: invalid entry: {exc}") from None
+    seen_identities: dict[str, str] = {device.factory_identity: ""}
+    for record in by_id.values():
+        for ident in (record.identity, record.pending.identity if record.pending else None):
+            if ident is None:
+                continue
+            if seen_identities.setdefault(ident, record.id) != record.id:
+                raise CorruptStateFile(path, f"identity {ident!r} appears twice")
+    return device, list(by_id.values())
+
+
+def _begin_generation(line: bytes) -> int | None:
+    try:
+        op = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(op, dict) and op.get("op") == "begin" and isinstance(op.get("journal"), int):
+        return op["journal"]
+    return None
 
 
 def _signature_of(path: Path) -> _Signature:

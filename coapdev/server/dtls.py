@@ -597,6 +597,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
 
     def _close_peer(self, peer: DtlsPeer, reason: str, *, notify: bool) -> None:
         """End a session on our side; with ``notify`` the client gets close_notify."""
+        was_connected = peer.phase == _Phase.CONNECTED
         if self._peers.get(peer.key) is peer:
             self._current_sockaddr = peer.sockaddr
             try:
@@ -610,15 +611,18 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 log.exception("resetting the session of %s failed", peer.hostinfo)
             finally:
                 self._current_sockaddr = None
-        self._forget_peer(peer, reason)
+        self._forget_peer(peer, reason, was_connected=was_connected)
 
-    def _forget_peer(self, peer: DtlsPeer, reason: str) -> None:
+    def _forget_peer(
+        self, peer: DtlsPeer, reason: str, *, was_connected: bool | None = None
+    ) -> None:
         if self._peers.get(peer.key) is peer:
             del self._peers[peer.key]
             self._by_session_key.pop((peer.session.addr, peer.session.port), None)
         if self._handshaking.get(peer.key) is peer:
             del self._handshaking[peer.key]
-        was_connected = peer.phase == _Phase.CONNECTED
+        if was_connected is None:
+            was_connected = peer.phase == _Phase.CONNECTED
         peer.phase = _Phase.CLOSED
         log.debug("session %s ended: %s", peer.hostinfo, reason)
         if was_connected and self._mman is not None:

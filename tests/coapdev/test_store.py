@@ -183,7 +183,9 @@ def test_factory_reset_forgets_clients_and_can_mint_a_new_key(store):
 
 def test_truncated_state_file_is_a_clear_error_and_backup_is_kept(store, tmp_path):
     store.mint_client("a", now=NOW)
+    store.compact()
     store.mint_client("b", now=NOW)
+    store.compact()
     path = tmp_path / "state" / STATE_FILE
     backup = path.with_name(STATE_FILE + ".bak")
     good_backup = backup.read_bytes()
@@ -193,7 +195,8 @@ def test_truncated_state_file_is_a_clear_error_and_backup_is_kept(store, tmp_pat
     assert str(path) in str(info.value) and "truncated" in str(info.value)
     assert str(backup) in str(info.value)
     assert backup.read_bytes() == good_backup
-    assert len(json.loads(good_backup)["clients"]) == 1
+    path.write_bytes(good_backup)  # restoring the copy loses nothing: it has the journal too
+    assert sorted(c.name for c in CredentialStore.open(tmp_path / "state").clients()) == ["a", "b"]
 
 
 @pytest.mark.parametrize(
@@ -209,6 +212,7 @@ def test_truncated_state_file_is_a_clear_error_and_backup_is_kept(store, tmp_pat
 )
 def test_invalid_content_is_refused_at_load(store, tmp_path, mutate, reason):
     store.mint_client("a", now=NOW)
+    store.compact()
     path = tmp_path / "state" / STATE_FILE
     doc = json.loads(path.read_text())
     mutate(doc)
@@ -279,3 +283,90 @@ def test_open_removes_temporaries_left_by_a_killed_writer(tmp_path):
     assert [c.name for c in reopened.clients()] == ["one"]
     assert not any(path.exists() for path in stale)
     assert other.exists()
+
+
+# --- the journal ---------------------------------------------------------------------
+
+
+def test_changes_are_appended_to_the_journal_and_survive_a_reopen(store, tmp_path):
+    state = tmp_path / "state"
+    snapshot = (state / STATE_FILE).read_bytes()
+    a = store.mint_client("a", now=NOW)
+    b = store.mint_client("b", now=NOW + 1)
+    store.rename(b.id, "bee")
+    pending = store.begin_rekey(a.id, now=NOW + 2)
+    store.confirm_rekey(pending.identity)
+    store.revoke(b.id)
+    store.touch(store.client(a.id), NOW + 500)
+    store.flush()
+    store.open_onboarding(None, now=NOW)
+    assert (state / STATE_FILE).read_bytes() == snapshot  # no rewrite: appends only
+    again = CredentialStore.open(state)
+    [a2] = again.clients()
+    assert (a2.identity, a2.key, a2.name, a2.last_seen) == (
+        pending.identity,
+        pending.key,
+        "a",
+        NOW + 500,
+    )
+    assert again.psk_for(pending.identity.encode()) == pending.key
+    assert again.psk_for(b.identity.encode()) is None
+    assert again.onboarding_open(NOW + 10**9)
+
+
+def test_journal_is_folded_into_a_snapshot_when_it_grows(tmp_path):
+    from coapdev.store import JOURNAL_COMPACT_MIN, JOURNAL_FILE
+
+    store = CredentialStore.open(tmp_path / "s")
+    a = store.mint_client("a", now=NOW)
+    for i in range(JOURNAL_COMPACT_MIN + 5):
+        store.rename(a.id, f"a{i}")
+    lines = (tmp_path / "s" / JOURNAL_FILE).read_bytes().splitlines()
+    assert len(lines) < 10  # compacted once, then a few appends
+    [in_snapshot] = json.loads((tmp_path / "s" / STATE_FILE).read_text())["clients"]
+    assert in_snapshot["name"].startswith("a2")
+    assert CredentialStore.open(tmp_path / "s").client(a.id).name == f"a{JOURNAL_COMPACT_MIN + 4}"
+
+
+def test_a_journal_line_cut_short_by_a_crash_is_dropped(store, tmp_path):
+    from coapdev.store import JOURNAL_FILE
+
+    state = tmp_path / "state"
+    kept = store.mint_client("kept", now=NOW)
+    journal = state / JOURNAL_FILE
+    journal.write_bytes(journal.read_bytes() + b'{"op":"client","client":{"id":"x')
+    again = CredentialStore.open(state)
+    assert [c.id for c in again.clients()] == [kept.id]
+    later = again.mint_client("later", now=NOW)  # the torn tail forces a fresh snapshot
+    assert [c.id for c in CredentialStore.open(state).clients()] == [kept.id, later.id]
+    assert b'"id":"x' not in journal.read_bytes()
+
+
+def test_a_corrupt_journal_line_is_a_clear_error(store, tmp_path):
+    from coapdev.store import JOURNAL_FILE
+
+    store.mint_client("a", now=NOW)
+    store.mint_client("b", now=NOW)
+    journal = tmp_path / "state" / JOURNAL_FILE
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = b'{"op":"client","client":{"id":"nope"}}'
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(CorruptStateFile) as info:
+        CredentialStore.open(tmp_path / "state")
+    assert str(journal) in str(info.value) and "line 2" in str(info.value)
+
+
+def test_a_journal_left_from_an_older_snapshot_is_not_replayed(store, tmp_path):
+    """A crash between writing a new snapshot and starting its journal."""
+    from coapdev.store import JOURNAL_FILE
+
+    state = tmp_path / "state"
+    a = store.mint_client("a", now=NOW)
+    old_journal = (state / JOURNAL_FILE).read_bytes()
+    store.revoke(a.id)
+    store.compact()
+    (state / JOURNAL_FILE).write_bytes(old_journal)  # as if the new journal never got written
+    again = CredentialStore.open(state)
+    assert again.clients() == []  # the stale "client a" entry is not replayed
+    b = again.mint_client("b", now=NOW)  # and the next change does not append to it
+    assert [c.id for c in CredentialStore.open(state).clients()] == [b.id]

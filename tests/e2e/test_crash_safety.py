@@ -22,7 +22,7 @@ import pytest
 
 from coapdev.client import Client, Credentials, onboard, rekey
 from coapdev.errors import ClientError, HandshakeFailed, NotAuthorized
-from coapdev.store import STATE_FILE, parse_state
+from coapdev.store import STATE_FILE, read_state
 
 pytestmark = pytest.mark.e2e
 
@@ -115,8 +115,7 @@ def check_state_file(
     ``live`` leaves out clients with an operation in flight when the gateway was
     killed: the device may have carried it out without the client hearing so.
     """
-    path = state_dir / STATE_FILE
-    _, clients = parse_state(path.read_bytes(), path)
+    _, clients = read_state(state_dir)  # the snapshot and its journal
     on_disk = {c.id: c for c in clients}
     missing = [cid for cid in live if cid not in on_disk]
     assert not missing, f"clients told 2.01 but not on disk after kill -9: {missing}"

@@ -18,6 +18,7 @@ from coapdev.client import Client, onboard
 from coapdev.discovery import browse
 from coapdev.errors import HandshakeFailed, NotAuthorized, RequestFailed
 from coapdev.keys import mint_factory_key
+from coapdev.store import read_state
 
 pytestmark = pytest.mark.e2e
 
@@ -191,8 +192,8 @@ def test_pytradfri_generates_a_psk_and_then_makes_a_request(gateway_factory, run
     device, light = run(scenario())
     assert device["model"] == "coapdev-gateway" and light == {"on": False}
     assert pytradfri.__name__ == "pytradfri"
-    clients = json.loads((gw.state_dir / "credentials.json").read_text())["clients"]
-    assert [(c["identity"], c["origin"]) for c in clients] == [(identity, "tradfri")]
+    _, clients = read_state(gw.state_dir)
+    assert [(c.identity, c.origin.value) for c in clients] == [(identity, "tradfri")]
 
 
 # --- client lifecycle ---------------------------------------------------------------

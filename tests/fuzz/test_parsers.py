@@ -36,7 +36,7 @@ from coapdev.errors import (
     RequestRefused,
 )
 from coapdev.registry import DeviceRegistry
-from coapdev.store import CredentialStore, StoreLimits, parse_state
+from coapdev.store import CredentialStore, StoreLimits, parse_state, read_state, replay_journal
 from gateway.config import default_config_text, parse_config
 
 # --- strategies ---------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_admin_and_device_payloads(device, request_, who, body, fmt, accept, ext
         code = int(response.code)
         assert code >> 5 in (2, 4), (method, path, response, response.payload[:200])
     # Whatever happened, the state on disk still loads.
-    parse_state(store.path.read_bytes(), store.path)
+    read_state(store.directory)  # snapshot and journal
     # Keep the fixture's admin and user usable for the next example.
     for name, role in (("admin", "admin"), ("user", "user")):
         try:
@@ -499,7 +499,23 @@ def state_file(tmp_path_factory) -> tuple[Path, bytes]:
     store.mint_client("laptop", now=2.0)
     record = store.mint_client("phone", now=3.0, text_key=True)
     store.begin_rekey(record.id, now=4.0)
+    store.compact()  # everything into the snapshot
     return store.path, store.path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def journal_file(tmp_path_factory) -> tuple[Path, bytes]:
+    directory = tmp_path_factory.mktemp("fuzz-journal")
+    store = CredentialStore.open(directory, onboarding_window_s=60)
+    laptop = store.mint_client("laptop", now=2.0)
+    phone = store.mint_client("phone", now=3.0, text_key=True)
+    store.rename(laptop.id, "work laptop")
+    store.confirm_rekey(store.begin_rekey(phone.id, now=4.0).identity)
+    store.touch(store.client(laptop.id), 100.0)
+    store.flush()
+    store.open_onboarding(None, now=5.0)
+    store.revoke(laptop.id)
+    return store.path, store.journal_path.read_bytes()
 
 
 def _replace_somewhere(doc: Any, path: list[int], value: Any) -> Any:
@@ -523,6 +539,23 @@ def test_state_file_values(state_file, where, value):
     doc = _replace_somewhere(json.loads(raw), where, value)
     data = json.dumps(doc).encode()
     ok, error = feed("store.parse_state", parse_state, data, path, allowed=(CorruptStateFile,))
+    if not ok:
+        assert str(path) in str(error)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_journal_bytes(journal_file, data):
+    snapshot, raw = journal_file
+    path = snapshot.with_name("credentials.journal")
+    blob = data.draw(mutated(st.just(raw)) | st.binary(max_size=200))
+    device, clients = parse_state(snapshot.read_bytes(), snapshot)
+
+    def replay(blob: bytes):
+        generation = json.loads(snapshot.read_bytes())["journal"]
+        return replay_journal(device, clients, generation, blob.split(b"\n"), path)
+
+    ok, error = feed("store.replay_journal", replay, blob, allowed=(CorruptStateFile,))
     if not ok:
         assert str(path) in str(error)
 

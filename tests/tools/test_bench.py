@@ -1,0 +1,66 @@
+"""tools/bench --quick: every server starts, nothing fails, the table and the targets print."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from support import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_bench_runs_clean_and_prints_the_table_and_targets(tmp_path):
+    if shutil.which("gcc") is None or shutil.which("coap-server-openssl") is None:
+        pytest.skip("needs gcc, libssl-dev and libcoap3-bin (tools/setup --test)")
+    numbers = tmp_path / "bench.json"
+    plots = tmp_path / "plots"
+    proc = subprocess.run(
+        [str(REPO / "tools" / "bench"), "--quick", "--json", str(numbers), "--plot", str(plots)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-6000:] + proc.stderr[-3000:]
+    # one table, every server a column, the key rows present
+    columns = ("coapdev", "aiocoap stock", "libcoap", "Py UDP echo", "C UDP echo")
+    headers = [line.split() for line in out.splitlines() if "aiocoap stock" in line]
+    assert headers and " ".join(headers[0]) == " ".join(columns), headers
+    for row in (
+        "GET/s, 32 clients",
+        "GET/s, 256 clients",
+        "handshakes/s",
+        "handshake+onboarding p50 / p99 ms",
+        "RSS MiB idle",
+        "RSS MiB, 1000 live sessions",
+        "cold start s",
+        "coapdev --help s",
+    ):
+        assert row in out, row
+    assert "Ratios" in out and "Generator ceiling:" in out
+    # every target is printed with its verdict
+    assert "Targets (coapdev" in out
+    verdicts = [line for line in out.splitlines() if line.startswith(("  PASS  ", "  MISS  "))]
+    assert len(verdicts) == 15, "\n".join(verdicts)
+    for target in (
+        ">= 16 000 DTLS GET/s at 32 clients",
+        ">= 5 000 full handshakes/s",
+        "handshake + onboarding p50 <= 2 ms",
+        "256 clients served with 0 timeouts",
+        "idle RSS <= 40 MB",
+        "cold start <= 0.5 s",
+        "coapdev --help <= 0.3 s",
+    ):
+        assert any(target in line for line in verdicts), target
+    assert "Errors: 0 (none)" in out
+    # the numbers and the plots
+    result = json.loads(numbers.read_text())
+    assert result["mode"] == "quick" and result["errors"] == []
+    assert result["summary"]["key_numbers"]["get32"] > 0
+    for name in ("bench-concurrency.png", "bench-sustained.png"):
+        assert (plots / name).read_bytes().startswith(b"\x89PNG")
