@@ -1,0 +1,751 @@
+"""The measurements, in order: references first, then coapdev; each server stopped after use."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import servers
+from .loadgen import Loadgen, LoadgenError, Run
+from .procs import StartError, free_udp_port, system_busy_s
+from .servers import HOST, Server
+
+#: Handshakes are measured with this many handshakes in flight.
+HANDSHAKE_CLIENTS = 16
+#: A request unanswered this long is sent again (doubling, 4 times): CoAP's
+#: ACK_TIMEOUT is 2 s; 1 s is stricter.
+REQUEST_TIMEOUT_MS = 1000
+#: Upper bound on requests per second, to bound every load loop by count too.
+MAX_RATE = 250_000
+#: Before each run (full mode) wait until the machine is this idle: busy cores ...
+QUIET_BUSY_CORES = 0.3
+#: ... measured over this window, waiting at most this long per run and in all.
+QUIET_WINDOW_S = 0.5
+QUIET_WAIT_PER_RUN_S = 60.0
+QUIET_WAIT_TOTAL_S = 600.0
+#: Full mode: a run this long on the big store spans at least one last-seen write.
+STORE_FLUSH_RUN_S = 125.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    runs: int
+    duration_s: float
+    script_duration_s: float
+    handshake_duration_s: float
+    concurrency: tuple[int, ...]
+    reference_concurrency: tuple[int, ...]
+    script_concurrency: tuple[int, ...]
+    onboard_count: int
+    hold_sessions: int
+    hold_duration_s: float
+    hold_interval_ms: int
+    sustained_s: float
+    sample_every_s: float
+    stored_clients: int
+    settle_s: float
+    help_runs: int
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        quick: bool,
+        runs: int | None = None,
+        duration_s: float | None = None,
+        sustained_s: float | None = None,
+    ) -> Settings:
+        if quick:
+            base = cls(
+                quick=True,
+                runs=1,
+                duration_s=1.0,
+                script_duration_s=1.0,
+                handshake_duration_s=1.0,
+                concurrency=(1, 8, 32, 256),
+                reference_concurrency=(32,),
+                script_concurrency=(1, 8),
+                onboard_count=20,
+                hold_sessions=1000,
+                hold_duration_s=2.0,
+                hold_interval_ms=700,
+                sustained_s=3.0,
+                sample_every_s=0.25,
+                stored_clients=10_000,
+                settle_s=0.5,
+                help_runs=3,
+            )
+        else:
+            base = cls(
+                quick=False,
+                runs=3,
+                duration_s=8.0,
+                script_duration_s=5.0,
+                handshake_duration_s=5.0,
+                concurrency=(1, 8, 32, 256),
+                reference_concurrency=(1, 8, 32, 256),
+                script_concurrency=(1, 8),
+                onboard_count=100,
+                hold_sessions=1000,
+                hold_duration_s=15.0,
+                hold_interval_ms=3000,
+                sustained_s=300.0,
+                sample_every_s=1.0,
+                stored_clients=10_000,
+                settle_s=3.0,
+                help_runs=5,
+            )
+        changes: dict[str, Any] = {}
+        if runs is not None:
+            changes["runs"] = max(1, runs)
+        if duration_s is not None:
+            changes["duration_s"] = duration_s
+            changes["script_duration_s"] = min(base.script_duration_s, duration_s)
+            changes["handshake_duration_s"] = min(base.handshake_duration_s, duration_s)
+        if sustained_s is not None:
+            changes["sustained_s"] = sustained_s
+        return cls(**{**base.__dict__, **changes})
+
+
+class Bench:
+    def __init__(self, settings: Settings, workdir: Path, loadgen: Loadgen) -> None:
+        self.s = settings
+        self.workdir = workdir
+        self.lg = loadgen
+        self.started = time.monotonic()
+        self.errors: list[str] = []
+        self.notes: list[str] = []
+        self.quiet_budget_s = QUIET_WAIT_TOTAL_S
+        self.quiet_waits: list[tuple[float, float]] = []
+        self.results: dict[str, Any] = {
+            "mode": "quick" if settings.quick else "full",
+            "settings": settings.__dict__ | {"handshake_clients": HANDSHAKE_CLIENTS},
+            "machine": machine_info(workdir),
+            "servers": {},
+        }
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {message}", flush=True)
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+        print(f"ERROR: {message}", flush=True)
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+    def server_results(self, name: str) -> dict[str, Any]:
+        return self.results["servers"].setdefault(name, {})
+
+    def check(self, label: str, run: Run, *, clients: int | None, mode: str) -> None:
+        """Errors are functional failures; timeouts (retransmissions) are timing, not errors."""
+        r = run.result
+        if clients is not None and mode in ("coap", "udp", "hold") and r["sessions"] < clients:
+            self.error(f"{label}: only {r['sessions']} of {clients} sessions established")
+        if r["errors"]:
+            self.error(f"{label}: {r['errors']} error responses {r['codes']}")
+        if r["failed"]:
+            self.error(f"{label}: {r['failed']} requests unanswered after 4 retransmissions")
+        if r["drops"]:
+            self.error(f"{label}: {r['drops']} sessions dropped by the server")
+        if r["handshake_failures"]:
+            self.error(f"{label}: {r['handshake_failures']} handshakes failed")
+        if r["count"] == 0:
+            self.error(f"{label}: nothing was answered")
+        if mode == "hold" and r["sessions_unserved"]:
+            self.error(f"{label}: {r['sessions_unserved']} held sessions never answered")
+        if r.get("cpu_share", 0) > 0.9 and mode != "udp":
+            self.note(
+                f"{label}: the load generator used {r['cpu_share']:.0%} of a core: "
+                "it may have limited this measurement"
+            )
+
+    def serving(self, server: Server, after: str) -> bool:
+        """After a run: the server still answers; a coapdev gateway that crashed or hung is
+        reported (an error) and restarted on the same state directory and port, so the
+        remaining measurements still happen."""
+        if server.name != "coapdev" or server.credentials is None:
+            return self.alive(server, after)
+        if self.answers(server, after):
+            return True
+        server.proc.stop()
+        try:
+            servers.restart_gateway(server)
+        except StartError as exc:
+            self.error(f"restarting the coapdev gateway failed: {exc}")
+            return False
+        self.note(f"the coapdev gateway was restarted after {after} (see Errors)")
+        return True
+
+    def alive(self, server: Server, after: str) -> bool:
+        if server.proc.alive():
+            return True
+        self.error(
+            f"{server.proc.name} {server.proc.how_it_ended()} during {after}\n"
+            f"{server.proc.log_tail()}"
+        )
+        return False
+
+    def answers(self, server: Server, after: str) -> bool:
+        """Alive, and a fresh session gets an answer within a few seconds."""
+        if not self.alive(server, after):
+            return False
+        assert server.credentials is not None
+        try:
+            run = self.lg.run(
+                "coap",
+                host=HOST,
+                port=server.port,
+                clients=1,
+                count=1,
+                duration=3,
+                setup_timeout=4,
+                timeout_ms=500,
+                retries=2,
+                handshake_timeout_ms=3000,
+                **server.credentials.loadgen_options(),
+            )
+        except LoadgenError as exc:
+            self.error(f"{server.proc.name}: probe after {after} failed: {exc}")
+            return False
+        if run.result["count"] >= 1:
+            return True
+        state = "running" if server.proc.alive() else server.proc.how_it_ended()
+        self.error(
+            f"{server.proc.name} no longer answers after {after} (process {state}, "
+            f"{server.proc.cpu_s():.1f} s CPU so far): hung?"
+        )
+        return False
+
+    # --- building blocks -----------------------------------------------------------------
+
+    def requests(
+        self,
+        server: Server,
+        clients: int,
+        *,
+        path: str = "light",
+        duration_s: float | None = None,
+        mode: str = "coap",
+        sample_every_s: float | None = None,
+    ) -> Run:
+        duration = duration_s or self.s.duration_s
+        options: dict[str, Any] = {
+            "host": HOST,
+            "port": server.port,
+            "clients": clients,
+            "duration": duration,
+            "count": int(duration * MAX_RATE),
+            "path": path,
+            "timeout_ms": REQUEST_TIMEOUT_MS,
+            "setup_timeout": 30,
+        }
+        if server.credentials is not None:
+            options.update(server.credentials.loadgen_options())
+        self.quiet(server)
+        return self.lg.run(mode, server=server.proc, sample_every_s=sample_every_s, **options)
+
+    def request_series(
+        self,
+        server: Server,
+        key: str,
+        levels: tuple[int, ...],
+        *,
+        path: str = "light",
+        duration_s: float | None = None,
+        mode: str = "coap",
+        label: str | None = None,
+    ) -> None:
+        store = self.server_results(key).setdefault("script" if path == "script" else "get", {})
+        for clients in levels:
+            runs = []
+            what = "udp echo" if mode == "udp" else f"GET /{path}"
+            for i in range(self.s.runs):
+                name = f"{label or key} {what}, {clients} clients, run {i + 1}"
+                run = self.requests(server, clients, path=path, duration_s=duration_s, mode=mode)
+                self.check(name, run, clients=clients, mode=mode)
+                r = run.result
+                self.say(
+                    f"{name}: {r['rate']:.0f}/s, p50 {r['latency_ms']['p50']:.2f} ms, "
+                    f"p99 {r['latency_ms']['p99']:.2f} ms, timeouts {r['timeouts']}"
+                )
+                healthy = self.serving(server, name)
+                if server.proc.started_at > run.started_at:
+                    # restarted: this run's numbers are not a healthy server's; kept apart
+                    self.server_results(key).setdefault("runs_with_crash", []).append(
+                        run.to_json() | {"label": name}
+                    )
+                else:
+                    runs.append(run.to_json())
+                if not healthy:
+                    store[str(clients)] = runs
+                    return
+            store[str(clients)] = runs
+
+    def handshakes(self, server: Server, label: str, *, close_notify: bool = True) -> Run:
+        assert server.credentials is not None
+        duration = self.s.handshake_duration_s
+        self.quiet(server)
+        run = self.lg.run(
+            "handshake",
+            server=server.proc,
+            host=HOST,
+            port=server.port,
+            clients=HANDSHAKE_CLIENTS,
+            duration=duration,
+            count=int(duration * MAX_RATE),
+            no_close_notify=not close_notify,
+            **server.credentials.loadgen_options(),
+        )
+        self.check(label, run, clients=None, mode="handshake")
+        r = run.result
+        self.say(
+            f"{label}: {r['rate']:.0f} handshakes/s, p50 {r['latency_ms']['p50']:.2f} ms, "
+            f"p99 {r['latency_ms']['p99']:.2f} ms, failures {r['handshake_failures']}"
+        )
+        return run
+
+    def handshake_series(self, name: str, start: Any) -> None:
+        """Both variants, ``runs`` times each: sessions ended with close_notify (as clients
+        normally do), and sessions simply dropped.  ``start()`` gives the server to use: the
+        same one for the references, a fresh gateway per run for coapdev (a crash in one run
+        then cannot spoil the next)."""
+        out = self.server_results(name)
+        for variant, close_notify in (("handshake", True), ("handshake_dropped", False)):
+            runs, rss_after = [], []
+            how = "close_notify" if close_notify else "dropped"
+            for i in range(self.s.runs):
+                server = start(i, variant)
+                if server is None:
+                    break
+                label = f"{name} handshakes ({how}), run {i + 1}"
+                try:
+                    run = self.handshakes(server, label, close_notify=close_notify).to_json()
+                    rss_after.append(server.proc.rss_kib())
+                    if name == "coapdev":
+                        run["server_crashed"] = not self.answers(server, label)
+                    else:
+                        run["server_crashed"] = not self.alive(server, label)
+                    runs.append(run)
+                except LoadgenError as exc:
+                    self.error(f"{label}: {exc}")
+                finally:
+                    if name == "coapdev":
+                        server.stop()
+                if name != "coapdev" and not server.proc.alive():
+                    break
+            out[variant] = runs
+            healthy = [kib for kib, run in zip(rss_after, runs, strict=False) if kib]
+            out[f"rss_after_{variant}_kib"] = max(healthy) if healthy else None
+
+    def quiet(self, server: Server | None = None) -> None:
+        """Before a measured run: wait (boundedly) until other processes leave the CPUs
+        alone.  The server under test is not "other": its own CPU is left out."""
+        if self.s.quick:
+            return  # CI: timings do not matter, time does
+        budget = min(QUIET_WAIT_PER_RUN_S, self.quiet_budget_s)
+        waited = 0.0
+        while True:
+            own = server.proc.cpu_s() if server is not None else 0.0
+            before = system_busy_s()
+            time.sleep(QUIET_WINDOW_S)
+            busy = system_busy_s() - before
+            if server is not None:
+                busy -= server.proc.cpu_s() - own
+            busy /= QUIET_WINDOW_S
+            if busy < QUIET_BUSY_CORES or waited >= budget:
+                break
+            waited += QUIET_WINDOW_S
+        self.quiet_budget_s -= waited
+        self.quiet_waits.append((waited, busy))
+        if busy >= QUIET_BUSY_CORES:
+            self.note(
+                "other processes kept the machine busy during some runs (see 'other processes' "
+                "above); their numbers are pessimistic"
+            )
+
+    def settle_rss(self, server: Server) -> int:
+        time.sleep(self.s.settle_s)
+        return server.proc.rss_kib()
+
+    # --- the references ------------------------------------------------------------------
+
+    def generator_ceiling(self) -> None:
+        self.say("generator ceiling: plain UDP against the generator's own C echo")
+        max_s = self.s.runs * (self.s.duration_s + 10) + 30
+        server = servers.start_cecho(self.lg.binary, self.workdir, max_s)
+        try:
+            self.request_series(server, "cecho", (32,), mode="udp", label="C UDP echo")
+        finally:
+            server.stop()
+
+    def python_echo(self) -> None:
+        self.say("Python asyncio UDP echo (the floor for any Python server)")
+        server = servers.start_pyecho(self.workdir)
+        try:
+            out = self.server_results("pyecho")
+            out["rss_idle_kib"] = self.settle_rss(server)
+            levels = self.s.reference_concurrency
+            self.request_series(server, "pyecho", levels, mode="udp", label="Python UDP echo")
+            out["rss_after_get_kib"] = server.proc.rss_kib()
+        finally:
+            server.stop()
+        self.note("Python UDP echo: plain UDP, no DTLS and no handshakes (it is the floor)")
+
+    def reference(self, name: str) -> None:
+        start = {"libcoap": servers.start_libcoap, "aiocoap": servers.start_aiocoap}[name]
+        self.say(f"reference: {name}")
+        try:
+            server = start(self.workdir)
+        except StartError as exc:
+            self.error(f"{name} did not start: {exc}")
+            return
+        try:
+            out = self.server_results(name)
+            out["rss_idle_kib"] = self.settle_rss(server)
+            levels = self.s.reference_concurrency
+            if name == "aiocoap" and any(n > 64 for n in levels):
+                levels = tuple(n for n in levels if n <= 64)
+                self.note(
+                    "aiocoap stock: 256 clients not measured: its DTLS server keeps at most "
+                    "64 sessions and evicts the oldest"
+                )
+            self.request_series(server, name, levels)
+            out["rss_after_get_kib"] = server.proc.rss_kib()
+            self.handshake_series(name, lambda i, variant: server)
+            if name == "aiocoap":
+                self.note(
+                    "aiocoap stock: ignores close_notify, so every handshake leaves a session "
+                    "behind (RSS after handshakes)"
+                )
+        except LoadgenError as exc:
+            self.error(f"{name}: {exc}")
+        finally:
+            server.stop()
+
+    # --- coapdev -------------------------------------------------------------------------
+
+    def coapdev_main(self) -> None:
+        self.say("coapdev gateway: fresh state directory, onboarding one client with the library")
+        state = self.workdir / "coapdev-main"
+        out = self.server_results("coapdev")
+        try:
+            server = servers.start_gateway("main", state, self.workdir)
+        except StartError as exc:
+            self.error(f"coapdev gateway did not start: {exc}")
+            return
+        try:
+            try:
+                servers.onboard(server)
+            except Exception as exc:
+                self.error(f"onboarding the benchmark client failed: {exc!r}")
+                return
+            out["rss_idle_kib"] = self.settle_rss(server)
+            self.say(f"coapdev idle RSS: {out['rss_idle_kib'] / 1024:.1f} MiB")
+            self.request_series(server, "coapdev", self.s.concurrency)
+            out["rss_after_get_kib"] = server.proc.rss_kib()
+            if not server.proc.alive():
+                return
+            out["onboard"] = self.onboarding(server, "coapdev")
+            self.serving(server, "the onboarding runs")
+            out["hold"] = self.hold(server, "coapdev")
+            out["rss_after_hold_kib"] = server.proc.rss_kib()
+            self.serving(server, "holding sessions")
+            out["sustained"] = self.sustained(server)
+            out["rss_after_sustained_kib"] = out["sustained"].get("rss_at_done_kib")
+            self.serving(server, "the sustained run")
+            # Last: script-backed requests go through aiocoap's message layer, which keeps
+            # every exchange for 247 s; measured earlier, that memory would be in every
+            # RSS figure above.
+            self.request_series(
+                server,
+                "coapdev",
+                self.s.script_concurrency,
+                path="script",
+                duration_s=self.s.script_duration_s,
+            )
+            out["rss_after_script_kib"] = server.proc.rss_kib()
+        except LoadgenError as exc:
+            self.error(f"coapdev: {exc}")
+        finally:
+            server.stop()
+        if server.credentials is not None:
+            out["cold_start_s"] = self.cold_starts(state, server)
+
+    def onboarding(self, server: Server, label: str, count: int | None = None) -> list[dict]:
+        """Full handshake with the factory key + POST /onboard + answer, one after another."""
+        assert server.factory_key is not None
+        count = count or self.s.onboard_count
+        runs = []
+        for i in range(self.s.runs if count == self.s.onboard_count else 1):
+            self.quiet(server)
+            run = self.lg.run(
+                "handshake",
+                server=server.proc,
+                host=HOST,
+                port=server.port,
+                clients=1,
+                request=True,
+                method="post",
+                path="onboard",
+                content_format=60,
+                payload_hex=servers.onboarding_payload().hex(),
+                identity="Client_identity",
+                key_hex=server.factory_key.encode().hex(),
+                count=count,
+                duration=120,
+                timeout_ms=2000,
+            )
+            name = f"{label} handshake + onboarding, run {i + 1}"
+            self.check(name, run, clients=None, mode="handshake")
+            r = run.result
+            self.say(
+                f"{name}: {r['count']} onboardings, p50 {r['latency_ms']['p50']:.2f} ms, "
+                f"p99 {r['latency_ms']['p99']:.2f} ms"
+            )
+            runs.append(run.to_json())
+        return runs
+
+    def hold(self, server: Server, label: str) -> dict:
+        n = self.s.hold_sessions
+        self.quiet(server)
+        run = self.lg.run(
+            "hold",
+            server=server.proc,
+            sample_every_s=0.5,
+            host=HOST,
+            port=server.port,
+            clients=n,
+            duration=self.s.hold_duration_s,
+            count=n * 100,
+            interval_ms=self.s.hold_interval_ms,
+            timeout_ms=REQUEST_TIMEOUT_MS,
+            ramp=64,
+            setup_timeout=60,
+            **server.credentials.loadgen_options(),  # type: ignore[union-attr]
+        )
+        name = f"{label}: {n} live sessions"
+        self.check(name, run, clients=n, mode="hold")
+        result = run.to_json()
+        result["rss_max_kib"] = max([point[1] for point in run.series] + [run.rss_at_done_kib])
+        r = run.result
+        self.say(
+            f"{name}: {r['sessions']} established, {r['sessions_unserved']} never answered, "
+            f"{r['count']} requests, RSS {result['rss_max_kib'] / 1024:.1f} MiB"
+        )
+        return result
+
+    def sustained(self, server: Server) -> dict:
+        seconds = self.s.sustained_s
+        self.say(f"coapdev sustained load: 32 clients for {seconds:.0f} s, RSS sampled")
+        run = self.requests(server, 32, duration_s=seconds, sample_every_s=self.s.sample_every_s)
+        self.check("coapdev sustained run", run, clients=32, mode="coap")
+        r = run.result
+        self.say(
+            f"coapdev sustained: {r['rate']:.0f}/s, p99 {r['latency_ms']['p99']:.2f} ms, "
+            f"max {r['latency_ms']['max']:.1f} ms, longest pause {r['max_gap_ms']:.1f} ms, "
+            f"RSS {run.rss_at_ready_kib / 1024:.1f} -> {run.rss_at_done_kib / 1024:.1f} MiB"
+        )
+        return run.to_json()
+
+    def long_run(self, server: Server, stored: int) -> dict:
+        """32 clients for over two minutes: the gateway writes last-seen times out every
+        60 s, and with many stored clients that write is long; does it show as a pause?"""
+        self.say(f"coapdev ({stored} stored): 32 clients for {STORE_FLUSH_RUN_S:.0f} s")
+        run = self.requests(server, 32, duration_s=STORE_FLUSH_RUN_S, sample_every_s=1.0)
+        self.check(f"coapdev ({stored} stored) long run", run, clients=32, mode="coap")
+        r = run.result
+        self.say(
+            f"coapdev ({stored} stored) long run: {r['rate']:.0f}/s, "
+            f"p99 {r['latency_ms']['p99']:.2f} ms, max {r['latency_ms']['max']:.1f} ms, "
+            f"longest pause {r['max_gap_ms']:.1f} ms"
+        )
+        self.serving(server, f"the long run ({stored} stored)")
+        return run.to_json()
+
+    def cold_starts(self, state: Path, main: Server) -> list[float]:
+        """Process start to first answered request (a client already knocking)."""
+        assert main.credentials is not None
+        times = []
+        for i in range(self.s.runs):
+            port = free_udp_port(HOST)
+            client = self.lg.start(
+                "coap",
+                host=HOST,
+                port=port,
+                clients=1,
+                count=1,
+                duration=2,
+                wait_ready=20,
+                hs_timer_ms=50,
+                timeout_ms=1000,
+                **main.credentials.loadgen_options(),
+            )
+            proc = servers.gateway_proc(
+                "coapdev gateway (cold start)", state, port, self.workdir / f"cold-{i}.log"
+            )
+            try:
+                time.sleep(0.2)  # the client is knocking already
+                t0 = time.time()
+                proc.start()
+                out, _ = client.communicate(timeout=40)
+                result = json.loads(out)
+                first = result.get("first_response_unix", 0)
+                if result.get("count", 0) < 1 or first <= 0:
+                    self.error(f"cold start {i + 1}: no answer ({proc.how_it_ended()})")
+                    continue
+                times.append(first - t0)
+                self.say(f"coapdev cold start, run {i + 1}: {times[-1] * 1000:.0f} ms")
+            except (subprocess.TimeoutExpired, ValueError) as exc:
+                self.error(f"cold start {i + 1}: {exc!r}")
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait(timeout=5)
+                proc.stop()
+        return times
+
+    def coapdev_stored(self) -> None:
+        """Per-request cost and memory with 10 and with 10 000 stored clients."""
+        for n in (10, self.s.stored_clients):
+            key = f"coapdev-{n}"
+            out = self.server_results(key)
+            state = self.workdir / key
+            self.say(f"coapdev with {n} stored clients")
+            try:
+                creds = servers.populate_store(state, n)
+                server = servers.start_gateway(key, state, self.workdir)
+            except StartError as exc:
+                self.error(f"coapdev with {n} stored clients did not start: {exc}")
+                continue
+            server.credentials = creds
+            try:
+                if not self.answers(server, "start"):
+                    continue
+                out["rss_idle_kib"] = self.settle_rss(server)
+                self.request_series(server, key, (32,), label=f"coapdev ({n} stored)")
+                if n == self.s.stored_clients:
+                    out["hold"] = self.hold(server, f"coapdev ({n} stored)")
+                    self.serving(server, f"holding sessions ({n} stored)")
+                    server.factory_key = servers.factory_key(state)
+                    out["onboard"] = self.onboarding(server, f"coapdev ({n} stored)", count=10)
+                    if not self.s.quick:
+                        out["sustained"] = self.long_run(server, n)
+            except LoadgenError as exc:
+                self.error(f"coapdev ({n} stored): {exc}")
+            finally:
+                server.stop()
+
+    def coapdev_handshakes(self) -> None:
+        """Full handshakes/s: a fresh gateway per run, each checked for a crash afterwards."""
+        template = self.workdir / "coapdev-10"
+        if not template.exists():
+            servers.populate_store(template, 10)
+
+        def start(i: int, variant: str) -> Server | None:
+            state = self.workdir / f"coapdev-{variant}-{i}"
+            shutil.copytree(template, state)
+            try:
+                server = servers.start_gateway(f"{variant}-{i}", state, self.workdir)
+            except StartError as exc:
+                self.error(f"coapdev gateway did not start: {exc}")
+                return None
+            server.credentials = servers.stored_credentials(state)
+            return server
+
+        self.handshake_series("coapdev", start)
+
+    def help_time(self) -> None:
+        exe = Path(sys.executable).parent / "coapdev"
+        argv = [str(exe), "--help"] if exe.exists() else [sys.executable, "-m", "coapdev", "--help"]
+        subprocess.run(argv, capture_output=True, timeout=60)  # warm the page cache
+        times = []
+        for _ in range(self.s.help_runs):
+            t0 = time.perf_counter()
+            proc = subprocess.run(argv, capture_output=True, timeout=60)
+            times.append(time.perf_counter() - t0)
+            if proc.returncode != 0:
+                self.error(f"coapdev --help exited with status {proc.returncode}")
+                break
+        self.results["help_s"] = times
+        if times:
+            self.say(f"coapdev --help: {sorted(times)[len(times) // 2] * 1000:.0f} ms")
+
+    # --- all of it -----------------------------------------------------------------------
+
+    def run_all(self) -> None:
+        steps = [
+            self.generator_ceiling,
+            self.python_echo,
+            lambda: self.reference("libcoap"),
+            lambda: self.reference("aiocoap"),
+            self.coapdev_main,
+            self.coapdev_stored,
+            self.coapdev_handshakes,
+            self.help_time,
+        ]
+        for step in steps:
+            try:
+                step()
+            except (StartError, LoadgenError) as exc:
+                self.error(str(exc))
+        self.results["elapsed_s"] = time.monotonic() - self.started
+        self.results["quiet_waits"] = self.quiet_waits
+        self.results["errors"] = self.errors
+        self.results["notes"] = self.notes
+
+
+def machine_info(workdir: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    info["openssl"] = _output(["openssl", "version"])
+    libcoap = servers.libcoap_binary()
+    # "-h" without its argument prints the usage (with the version) and exits
+    banner = _output([libcoap, "-h"], lines=3) if libcoap else "not installed"
+    info["libcoap"] = next((w[1:] for w in banner.split() if w.startswith("v4")), banner[:40])
+    for package in ("aiocoap", "DTLSSocket"):
+        try:
+            from importlib.metadata import version
+
+            info[package] = version(package)
+        except Exception:
+            info[package] = "?"
+    info["state_dir_filesystem"] = _output(["stat", "-f", "-c", "%T", str(workdir)])
+    commit = _output(["git", "-C", str(servers.REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _output(["git", "-C", str(servers.REPO), "status", "--porcelain", "coapdev", "gateway"])
+    info["commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+    return info
+
+
+def _output(argv: list[str], lines: int = 1) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (proc.stdout + proc.stderr).strip().splitlines()
+    return " ".join(text[:lines]).strip() or "?"
