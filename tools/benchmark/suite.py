@@ -737,8 +737,16 @@ def machine_info(workdir: Path) -> dict[str, Any]:
             info[package] = "?"
     info["state_dir_filesystem"] = _output(["stat", "-f", "-c", "%T", str(workdir)])
     commit = _output(["git", "-C", str(servers.REPO), "rev-parse", "--short", "HEAD"])
-    dirty = _output(["git", "-C", str(servers.REPO), "status", "--porcelain", "coapdev", "gateway"])
-    info["commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+    try:
+        status = subprocess.run(
+            ["git", "-C", str(servers.REPO), "status", "--porcelain", "coapdev", "gateway"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        status = ""
+    info["commit"] = commit + (" (with uncommitted changes)" if status else "")
     return info
 
 
