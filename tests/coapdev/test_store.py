@@ -337,7 +337,7 @@ def test_a_journal_line_cut_short_by_a_crash_is_dropped(store, tmp_path):
     journal.write_bytes(journal.read_bytes() + b'{"op":"client","client":{"id":"x')
     again = CredentialStore.open(state)
     assert [c.id for c in again.clients()] == [kept.id]
-    later = again.mint_client("later", now=NOW)  # the torn tail forces a fresh snapshot
+    later = again.mint_client("later", now=NOW + 1)  # the torn tail forces a fresh snapshot
     assert [c.id for c in CredentialStore.open(state).clients()] == [kept.id, later.id]
     assert b'"id":"x' not in journal.read_bytes()
 
