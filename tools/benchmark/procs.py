@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from reliability.common import rss_kib
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 _running: list[Proc] = []
@@ -135,17 +137,6 @@ def stop_all() -> None:
     for proc in list(reversed(_running)):
         with contextlib.suppress(Exception):
             proc.stop(timeout_s=5)
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size in KiB (0 if the process is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def cpu_s(pid: int) -> float:
