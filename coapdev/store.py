@@ -29,14 +29,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import keys
-from .atomic import locked, write_atomic
+from .atomic import locked, write_all, write_atomic
 from .const import (
     DEVICE_MODEL,
     FACTORY_IDENTITY,
@@ -374,8 +374,7 @@ class CredentialStore:
     def revoke(self, client_id: str, *, by: str = "local") -> ClientRecord:
         def revoke() -> ClientRecord:
             record = self.client(client_id)
-            self._remove(record)
-            self._ops.append({"op": "remove", "id": record.id})
+            self._removed(record)
             return record
 
         record = self._mutate(revoke)
@@ -490,8 +489,7 @@ class CredentialStore:
         def expire() -> list[ClientRecord]:
             gone = idle()
             for record in gone:
-                self._remove(record)
-                self._ops.append({"op": "remove", "id": record.id})
+                self._removed(record)
             return gone
 
         gone = self._mutate(expire)
@@ -587,6 +585,10 @@ class CredentialStore:
     def _changed(self, record: ClientRecord) -> None:
         self._ops.append({"op": "client", "client": _encode_client(record)})
 
+    def _removed(self, record: ClientRecord) -> None:
+        self._remove(record)
+        self._ops.append({"op": "remove", "id": record.id})
+
     def _persist(self) -> None:
         """Journal the change just made (with pending last-seen times), or snapshot."""
         ops, self._ops = self._ops, []
@@ -612,9 +614,7 @@ class CredentialStore:
             size = os.fstat(fd).st_size
             if size == 0 or os.pread(fd, 1, size - 1) != b"\n":
                 return False  # a line cut short by a crash: start a fresh journal
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -763,8 +763,7 @@ def read_state_files(directory: Path) -> tuple[DeviceInfo, list[ClientRecord], i
         raise StateError(f"{path}: missing") from None
     except OSError as exc:
         raise StateError(f"{path}: cannot read: {exc.strerror}") from None
-    device, clients = parse_state(raw, path)
-    generation = _snapshot_generation(raw)
+    device, clients, generation = _parse_snapshot(raw, path)
     journal = directory / JOURNAL_FILE
     try:
         lines = journal.read_bytes().split(b"\n")
@@ -772,15 +771,10 @@ def read_state_files(directory: Path) -> tuple[DeviceInfo, list[ClientRecord], i
         return device, clients, generation, -1
     except OSError as exc:
         raise StateError(f"{journal}: cannot read: {exc.strerror}") from None
-    if len(lines) < 2 or _begin_generation(lines[0]) != generation:
+    replayed = replay_journal(device, clients, generation, lines, journal)
+    if replayed is None:
         return device, clients, generation, -1  # left over from an earlier snapshot
-    device, clients = replay_journal(device, clients, generation, lines, journal)
-    return device, clients, generation, len(lines) - 2
-
-
-def _snapshot_generation(raw: bytes) -> int:
-    value = json.loads(raw).get("journal", 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return *replayed, generation, len(lines) - 2
 
 
 def replay_journal(
@@ -789,17 +783,18 @@ def replay_journal(
     generation: int,
     lines: list[bytes],
     path: Path,
-) -> tuple[DeviceInfo, list[ClientRecord]]:
+) -> tuple[DeviceInfo, list[ClientRecord]] | None:
     """Apply the journal's entries to a snapshot's content.
 
     ``lines`` is the file split at newlines: the last element is what
     follows the last newline, a line cut short by a crash (never
     acknowledged: dropped).  A journal begun for another snapshot
-    generation is ignored: its entries are in the snapshot already.
+    generation is not this snapshot's (its entries are in the snapshot
+    already): None.
     """
     complete = lines[:-1]
     if not complete or _begin_generation(complete[0]) != generation:
-        return device, clients
+        return None
     by_id = {c.id: c for c in clients}
     for number, line in enumerate(complete[1:], start=2):
         try:
@@ -816,21 +811,17 @@ def replay_journal(
                 if seen is not None and (seen.last_seen is None or t > seen.last_seen):
                     seen.last_seen = t
             elif kind == "device":
-                until = op["onboarding-until"]
-                device.onboarding_until = float("inf") if until == "always" else _opt_float(until)
+                device.onboarding_until = _decode_until(op["onboarding-until"])
             else:
                 raise ValueError(f"unknown entry {kind!r}")
         except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
             raise CorruptStateFile(path, f"line {number}: invalid entry: {exc!r}") from None
         except CoapdevError as exc:
             raise CorruptStateFile(path, f"line {number}: invalid entry: {exc}") from None
-    seen_identities: dict[str, str] = {device.factory_identity: ""}
-    for record in by_id.values():
-        for ident in (record.identity, record.pending.identity if record.pending else None):
-            if ident is None:
-                continue
-            if seen_identities.setdefault(ident, record.id) != record.id:
-                raise CorruptStateFile(path, f"identity {ident!r} appears twice")
+    try:
+        _check_identities_unique(device, by_id.values())
+    except ValueError as exc:
+        raise CorruptStateFile(path, str(exc)) from None
     return device, list(by_id.values())
 
 
@@ -851,6 +842,10 @@ def _signature_of(path: Path) -> _Signature:
 
 def _encode_until(until: float | None) -> float | str | None:
     return "always" if until == float("inf") else until
+
+
+def _decode_until(value: object) -> float | None:
+    return float("inf") if value == "always" else _opt_float(value)
 
 
 def _encode_client(c: ClientRecord) -> dict[str, Any]:
@@ -909,6 +904,12 @@ def validate_identity(identity: object) -> str:
 
 def parse_state(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientRecord]]:
     """Parse and check a state file; every problem names the file."""
+    device, clients, _ = _parse_snapshot(raw, path)
+    return device, clients
+
+
+def _parse_snapshot(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientRecord], int]:
+    """:func:`parse_state`, and the snapshot's generation (which journal is its own)."""
 
     def bad(reason: str) -> CorruptStateFile:
         backup = path.with_name(path.name + ".bak")
@@ -927,31 +928,36 @@ def parse_state(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientRecord]]
     try:
         dev = doc["device"]
         factory = doc["factory"]
-        until = dev.get("onboarding-until")
         device = DeviceInfo(
             id=_str(dev["id"]),
             model=_str(dev["model"]),
             created=float(dev["created"]),
             factory_key=keys.canonical_factory_key(_str(factory["key"])),
             factory_identity=validate_identity(factory["identity"]),
-            onboarding_until=float("inf") if until == "always" else _opt_float(until),
+            onboarding_until=_decode_until(dev.get("onboarding-until")),
         )
-        clients = []
-        seen: set[str] = {device.factory_identity}
-        for entry in doc["clients"]:
-            record = _decode_client(entry)
-            for ident in (record.identity, record.pending.identity if record.pending else None):
-                if ident is None:
-                    continue
-                if ident in seen:
-                    raise ValueError(f"identity {ident!r} appears twice")
-                seen.add(ident)
-            clients.append(record)
+        clients = [_decode_client(entry) for entry in doc["clients"]]
+        _check_identities_unique(device, clients)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise bad(f"invalid content: {exc!r}") from None
     except CoapdevError as exc:  # a bad name, identity or factory key text
         raise bad(f"invalid content: {exc}") from None
-    return device, clients
+    generation = doc.get("journal", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool):
+        generation = 0
+    return device, clients, generation
+
+
+def _check_identities_unique(device: DeviceInfo, clients: Iterable[ClientRecord]) -> None:
+    """ValueError if two clients (or a client and the factory) share an identity."""
+    seen: set[str] = {device.factory_identity}
+    for record in clients:
+        for ident in (record.identity, record.pending.identity if record.pending else None):
+            if ident is None:
+                continue
+            if ident in seen:
+                raise ValueError(f"identity {ident!r} appears twice")
+            seen.add(ident)
 
 
 def _str(value: object) -> str:
