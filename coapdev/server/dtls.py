@@ -715,12 +715,19 @@ def _is_client_hello(data: bytes) -> bool:
     )
 
 
-def _records(data: bytes):
+def _record_spans(data: bytes):
+    """(start, end) of each record in a datagram, as its header says (end may run past it)."""
     pos = 0
     while pos + _RECORD_HEADER_LEN <= len(data):
-        length = int.from_bytes(data[pos + 11 : pos + 13], "big")
+        end = pos + _RECORD_HEADER_LEN + int.from_bytes(data[pos + 11 : pos + 13], "big")
+        yield pos, end
+        pos = end
+
+
+def _records(data: bytes):
+    """(content type, epoch) of each record."""
+    for pos, _ in _record_spans(data):
         yield data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
-        pos += _RECORD_HEADER_LEN + length
 
 
 def _split_at_alert(data: bytes) -> tuple[bytes, bytes | None]:
@@ -736,12 +743,9 @@ def _split_at_alert(data: bytes) -> tuple[bytes, bytes | None]:
         and _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= size
     ):
         return data, None  # the usual case: one record, not an alert
-    pos = 0
-    while pos + _RECORD_HEADER_LEN <= size:
-        end = pos + _RECORD_HEADER_LEN + int.from_bytes(data[pos + 11 : pos + 13], "big")
+    for pos, end in _record_spans(data):
         if data[pos] == _CT_ALERT:
             return data[:pos], (data[pos:end] if end <= size else None)
-        pos = end
     return data, None
 
 
