@@ -371,9 +371,14 @@ class CredentialStore:
         )
         return record
 
-    def revoke(self, client_id: str, *, by: str = "local") -> ClientRecord:
+    def revoke(self, client_id: str, *, by: str = "local", force: bool = False) -> ClientRecord:
+        """Remove a client.  The last admin is kept unless ``force`` (local use only):
+        a device without an admin can only be recovered at the device."""
+
         def revoke() -> ClientRecord:
             record = self.client(client_id)
+            if record.role is Role.ADMIN and not force:
+                self._check_not_last_admin(record, "revoked")
             self._removed(record)
             return record
 
@@ -399,9 +404,15 @@ class CredentialStore:
         self._audit("rename", client=record.id, old=old, name=record.name, by=by)
         return record
 
-    def set_role(self, client_id: str, role: Role, *, by: str = "local") -> ClientRecord:
+    def set_role(
+        self, client_id: str, role: Role, *, by: str = "local", force: bool = False
+    ) -> ClientRecord:
+        """Change a client's role; the last admin is not demoted unless ``force``."""
+
         def set_role() -> ClientRecord:
             record = self.client(client_id)
+            if record.role is Role.ADMIN and role is not Role.ADMIN and not force:
+                self._check_not_last_admin(record, "demoted")
             self._unindex(record)
             record.role = role
             self._index(record)
@@ -652,6 +663,13 @@ class CredentialStore:
         self._names.discard(record.name)
         if record.role is Role.ADMIN:
             self._admins -= 1
+
+    def _check_not_last_admin(self, record: ClientRecord, change: str) -> None:
+        if self._admins <= 1:
+            raise Conflict(
+                f"{record.name!r} is the last admin of this device and cannot be {change}; "
+                "make another client admin first"
+            )
 
     def _fresh_identity(self) -> str:
         while True:

@@ -75,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("list", help="list clients")
     rev = csub.add_parser("revoke", help="revoke a client (id, identity or name)")
     rev.add_argument("client")
+    rev.add_argument(
+        "--force", action="store_true", help="also revoke the last admin (leaves no admin)"
+    )
     ren = csub.add_parser("rename", help="rename a client")
     ren.add_argument("client")
     ren.add_argument("name")
     role = csub.add_parser("role", help="make a client admin or user")
     role.add_argument("client")
     role.add_argument("role", choices=["admin", "user"])
+    role.add_argument(
+        "--force", action="store_true", help="also demote the last admin (leaves no admin)"
+    )
     reset = sub.add_parser("factory-reset", help="remove every client (and optionally the key)")
     reset.add_argument("--new-key", action="store_true", help="also mint a new factory key")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -262,12 +268,12 @@ def clients_command(args: argparse.Namespace, store: CredentialStore) -> int:
         return 0
     target = store.find_client(args.client)
     if action == "revoke":
-        store.revoke(target.id)
+        store.revoke(target.id, force=args.force)
         print(f"revoked {target.name} ({target.id})")
     elif action == "rename":
         record = store.rename(target.id, args.name)
         print(f"renamed {target.id} to {record.name!r}")
     elif action == "role":
-        record = store.set_role(target.id, Role(args.role))
+        record = store.set_role(target.id, Role(args.role), force=args.force)
         print(f"{record.name} is now {record.role.value}")
     return 0

@@ -76,7 +76,7 @@ def test_text_keys_are_printable(store):
 
 def test_revoke_removes_identity_and_is_persisted(store, tmp_path):
     a = store.mint_client("laptop", now=NOW)
-    store.revoke(a.id)
+    store.revoke(a.id, force=True)
     assert store.psk_for(a.identity.encode()) is None
     assert CredentialStore.open(tmp_path / "state").principal_for(a.identity) is None
     with pytest.raises(NotFound):
@@ -85,7 +85,7 @@ def test_revoke_removes_identity_and_is_persisted(store, tmp_path):
 
 def test_admin_role_passes_on_when_no_admin_is_left(store):
     a = store.mint_client("a", now=NOW)
-    store.revoke(a.id)
+    store.revoke(a.id, force=True)
     b = store.mint_client("b", now=NOW)
     assert b.role is Role.ADMIN
 
@@ -157,7 +157,7 @@ def test_last_seen_is_kept_in_memory_then_flushed(store, tmp_path):
 def test_another_process_change_is_picked_up_by_refresh(store, tmp_path):
     a = store.mint_client("a", now=NOW)
     other = CredentialStore.open(tmp_path / "state")
-    other.revoke(a.id)
+    other.revoke(a.id, force=True)
     assert store.principal_for(a.identity) is not None
     assert store.refresh() is True
     assert store.principal_for(a.identity) is None
@@ -228,7 +228,7 @@ def test_audit_hook_sees_each_change(tmp_path):
     s.rename(a.id, "b")
     p = s.begin_rekey(a.id, now=NOW)
     s.confirm_rekey(p.identity)
-    s.revoke(a.id)
+    s.revoke(a.id, force=True)
     assert [e for e, _ in events] == ["onboard", "rename", "rekey-begin", "rekey", "revoke"]
     assert all("key" not in d for _, d in events)
 
@@ -363,10 +363,26 @@ def test_a_journal_left_from_an_older_snapshot_is_not_replayed(store, tmp_path):
     state = tmp_path / "state"
     a = store.mint_client("a", now=NOW)
     old_journal = (state / JOURNAL_FILE).read_bytes()
-    store.revoke(a.id)
+    store.revoke(a.id, force=True)
     store.compact()
     (state / JOURNAL_FILE).write_bytes(old_journal)  # as if the new journal never got written
     again = CredentialStore.open(state)
     assert again.clients() == []  # the stale "client a" entry is not replayed
     b = again.mint_client("b", now=NOW)  # and the next change does not append to it
     assert [c.id for c in CredentialStore.open(state).clients()] == [b.id]
+
+
+def test_the_last_admin_is_neither_revoked_nor_demoted_unless_forced(store):
+    admin = store.mint_client("owner", now=NOW)
+    user = store.mint_client("phone", now=NOW)
+    with pytest.raises(Conflict, match="last admin"):
+        store.revoke(admin.id)
+    with pytest.raises(Conflict, match="last admin"):
+        store.set_role(admin.id, Role.USER)
+    assert store.client(admin.id).role is Role.ADMIN
+    store.set_role(user.id, Role.ADMIN)
+    store.set_role(admin.id, Role.USER)  # another admin exists now
+    with pytest.raises(Conflict, match="last admin"):
+        store.revoke(user.id)
+    store.revoke(user.id, force=True)
+    assert not any(c.role is Role.ADMIN for c in store.clients())

@@ -286,7 +286,7 @@ def test_revoked_observer_stops_instead_of_retrying_forever(gateway_factory, tmp
             watcher = Watcher(obs)
             async with Client(writer, timeout_s=3) as w:
                 await toggle_and_expect(watcher, w, True, 5)
-            await asyncio.to_thread(gw.local, "clients", "revoke", "observer")
+            await asyncio.to_thread(gw.local, "clients", "revoke", "observer", "--force")
             with pytest.raises(Exception) as info:
                 await asyncio.wait_for(watcher.task, 20)
             assert type(info.value).__name__ in ("NotAuthorized", "HandshakeRejected")

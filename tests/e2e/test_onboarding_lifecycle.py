@@ -251,7 +251,7 @@ def test_local_revoke_and_rename_while_running(gateway, run):
             await asyncio.sleep(1.0)  # the running gateway notices within a second
             listed = await asyncio.to_thread(gateway.local, "clients", "list")
             assert "old-pc" in listed.stdout
-            await asyncio.to_thread(gateway.local, "clients", "revoke", "old-pc")
+            await asyncio.to_thread(gateway.local, "clients", "revoke", "old-pc", "--force")
             await asyncio.sleep(1.0)
             with pytest.raises((NotAuthorized, HandshakeFailed)):
                 await dev.get("/light")
