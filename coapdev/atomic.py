@@ -40,8 +40,12 @@ def write_atomic(
         os.fchmod(fd, mode)
         write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a full disk must not also keep the partial copy
+        raise
+    os.close(fd)
     try:
         if keep_previous and path.exists():
             backup = path.with_name(path.name + ".bak")

@@ -1,73 +1,151 @@
-"""Who may do what: decided from the DTLS identity, without any I/O.
+"""Who may do what: one decision, made from the session's credential, without any I/O.
 
 The transport authenticates a peer by its PSK identity and hands the
-identity up as the request's only authenticated claim.  Here that identity
-is looked up in the store *on every request*, so a revoked or rotated-away
-identity is refused from its next request on, even on a DTLS session that
-was opened before the revocation.
+credential it used (identity and generation, see
+:class:`~coapdev.store.Credential`) up as the request's only authenticated
+claim.  :func:`decide` is the only place that turns a credential, an
+operation and a resource's :class:`Policy` into a principal or a refusal; it
+is called for every request (fast path and aiocoap path alike) and again
+before every notification of an observation, so a key revoked, rotated away
+or superseded by a factory reset opens nothing from that moment on, even on
+a DTLS session opened before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from .const import PATH_ONBOARD, PATH_TRADFRI_ONBOARD, Role
-from .errors import Forbidden, Unauthorized
-from .store import ClientRecord, CredentialStore, Principal
+from .const import Role
+from .errors import (
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    StaleCredential,
+    Unauthorized,
+)
+from .store import Credential, CredentialStore, Principal
 
-#: The only resources the factory identity may reach.
-FACTORY_PATHS = frozenset({PATH_ONBOARD, PATH_TRADFRI_ONBOARD})
+ALL_ROLES: frozenset[Role] = frozenset(Role)
+ADMIN_ONLY: frozenset[Role] = frozenset({Role.ADMIN})
 
 
-def identity_from_claims(claims: Iterable[object] | None) -> str | None:
-    """The PSK identity a request was authenticated with, if any."""
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Who may perform one operation on a resource.
+
+    ``roles``: the roles of minted clients that may.  ``factory``: the
+    factory identity may too, while onboarding is open (the one door it
+    opens).  ``own_only``: these roles may only address their own client
+    record (the request's target).
+    """
+
+    roles: frozenset[Role] = frozenset()
+    factory: bool = False
+    own_only: frozenset[Role] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A resource's rules by operation: a method ("GET"), or a finer operation
+    a handler asks about once it has read the request ("PUT role")."""
+
+    rules: Mapping[str, Rule] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, **methods: frozenset[Role]) -> Policy:
+        """A policy from roles per method: ``Policy.of(GET=ALL_ROLES)``."""
+        return cls({method: Rule(roles) for method, roles in methods.items()})
+
+    @property
+    def visible_to(self) -> frozenset[Role]:
+        """Roles for which the resource is listed in /.well-known/core."""
+        visible: set[Role] = set()
+        for rule in self.rules.values():
+            visible |= rule.roles - rule.own_only
+        return frozenset(visible)
+
+
+class OnboardingClosed(Forbidden):
+    """The factory identity asked while the onboarding window is closed."""
+
+
+def credential_from_claims(claims: Iterable[object] | None) -> Credential | None:
+    """The credential a request's session was authenticated with, if any."""
     for claim in claims or ():
-        if isinstance(claim, bytes):
-            try:
-                return claim.decode("ascii")
-            except UnicodeDecodeError:
-                return None
-        if isinstance(claim, str):
+        if isinstance(claim, Credential):
             return claim
     return None
 
 
-def authenticate(store: CredentialStore, claims: Iterable[object] | None) -> Principal:
-    """The principal behind a request, or :class:`Unauthorized`."""
-    identity = identity_from_claims(claims)
-    if identity is None:
+def decide(
+    store: CredentialStore,
+    credential: Credential | None,
+    operation: str,
+    policy: Policy | None,
+    *,
+    now: float,
+    target: str | None = None,
+    path: str = "",
+) -> Principal:
+    """The principal allowed to perform ``operation``, or the refusal to answer.
+
+    ``policy`` None: there is no resource at ``path`` (clients learn that;
+    the factory identity and unknown sessions learn nothing).  ``target``:
+    the client record the request addresses, for ``own_only`` rules; a user
+    gets the same answer for someone else's record and for a missing one.
+    """
+    if credential is None:
         raise Unauthorized("this resource needs a DTLS session with a minted identity")
-    principal = store.principal_for(identity)
+    principal = store.principal_for(credential)
     if principal is None:
-        raise Unauthorized("this identity is no longer valid on this device (revoked or rotated)")
+        raise StaleCredential(
+            "this identity is no longer valid on this device (revoked, rotated or reset)"
+        )
+    rule = policy.rules.get(operation) if policy is not None else None
+    if principal.is_factory:
+        if rule is None or not rule.factory:
+            raise Unauthorized(
+                "the factory key only opens onboarding; onboard to get an identity of your own"
+            )
+        if not store.onboarding_open(now):
+            raise OnboardingClosed(
+                "onboarding is closed; on the device run `coapdev-gateway pair` "
+                "(or press its pairing button) to open it"
+            )
+        return principal
+    client = principal.client
+    assert client is not None
+    if policy is None:
+        raise NotFound(f"no resource {path}" if path else "no such resource")
+    if rule is None:
+        raise MethodNotAllowed(f"{operation} is not supported here")
+    if client.role not in rule.roles:
+        if rule.factory and not rule.roles - ADMIN_ONLY:
+            raise Forbidden("already onboarded; only an admin may mint further clients")
+        needed = " or ".join(sorted(r.value for r in rule.roles)) or "no role"
+        raise Forbidden(f"needs role {needed}; client {client.name!r} has role {client.role.value}")
+    if client.role in rule.own_only and not _is_own(principal, target):
+        raise Forbidden("only an admin may act on another client")
     return principal
 
 
-def check_path(principal: Principal, path: tuple[str, ...]) -> None:
-    """The factory key opens exactly one door: onboarding."""
-    if principal.is_factory and path not in FACTORY_PATHS:
-        raise Unauthorized(
-            "the factory key only opens onboarding; onboard to get an identity of your own"
-        )
+def _is_own(principal: Principal, target: str | None) -> bool:
+    client = principal.client
+    if client is None or target is None:
+        return False
+    own = {client.id, client.identity, client.name}
+    if client.pending is not None:
+        own.add(client.pending.identity)
+    return target in own
 
 
-def require_client(principal: Principal) -> ClientRecord:
-    if principal.client is None:
-        raise Unauthorized("the factory key only opens onboarding")
-    return principal.client
-
-
-def require_role(principal: Principal, allowed: Collection[Role]) -> ClientRecord:
-    """The client behind ``principal`` if its role is in ``allowed``, else Forbidden."""
-    client = require_client(principal)
-    if client.role not in allowed:
-        needed = " or ".join(sorted(r.value for r in allowed)) or "no role"
-        raise Forbidden(f"needs role {needed}; client {client.name!r} has role {client.role.value}")
-    return client
-
-
-def require_admin_or_self(principal: Principal, target: ClientRecord) -> ClientRecord:
-    client = require_client(principal)
-    if client.role is not Role.ADMIN and client.id != target.id:
-        raise Forbidden("only an admin may act on another client")
-    return client
+__all__ = [
+    "ADMIN_ONLY",
+    "ALL_ROLES",
+    "OnboardingClosed",
+    "Policy",
+    "Rule",
+    "credential_from_claims",
+    "decide",
+]

@@ -77,6 +77,36 @@ class ServiceUnavailable(RequestRefused):
     code = "5.03"
 
 
+class StaleCredential(Unauthorized):
+    """The key a session was opened with no longer opens this device
+    (revoked, rotated away, factory reset): the session is closed too."""
+
+
+class StateWriteError(ServiceUnavailable):
+    """A change could not be made durable (full, read-only or failing storage).
+
+    Nothing was changed: memory holds what was acknowledged before.
+    """
+
+    @classmethod
+    def from_os_error(cls, directory: object, exc: OSError) -> StateWriteError:
+        import errno
+
+        reasons = {
+            errno.ENOSPC: "state directory full",
+            errno.EDQUOT: "state directory full",
+            errno.EROFS: "state directory read-only",
+            errno.EACCES: "state directory not writable",
+            errno.EPERM: "state directory not writable",
+            errno.EIO: "state directory I/O error",
+        }
+        error = cls(reasons.get(exc.errno or 0, "state directory cannot be written"))
+        error.detail = f"{directory}: {exc.strerror or exc}"
+        return error
+
+    detail: str = ""
+
+
 class GatewayTimeout(RequestRefused):
     code = "5.04"
 

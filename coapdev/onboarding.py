@@ -24,15 +24,14 @@ from .const import (
     ContentFormat,
     Key,
     KeyFormat,
-    Role,
 )
-from .errors import BadRequest, Forbidden, PayloadError, UnsupportedContentFormat
+from .errors import BadRequest, PayloadError, UnsupportedContentFormat
 from .payload import decode
 from .store import (
     ClientRecord,
+    Credential,
     CredentialStore,
     Origin,
-    Principal,
     validate_identity,
     validate_name,
 )
@@ -71,23 +70,24 @@ def parse_onboard_request(payload: bytes, content_format: int | None) -> Onboard
     return OnboardRequest(name=name, key_format=key_format)
 
 
-def check_onboarding_allowed(store: CredentialStore, principal: Principal, now: float) -> None:
-    """Factory identity inside the onboarding window, or an admin at any time."""
-    if principal.role is Role.ADMIN:
-        return
-    if not principal.is_factory:
-        raise Forbidden("already onboarded; only an admin may mint further clients")
-    if not store.onboarding_open(now):
-        raise Forbidden(
-            "onboarding is closed; on the device run `coapdev-gateway pair` "
-            "(or press its pairing button) to open it"
-        )
+def onboard(
+    store: CredentialStore,
+    request: OnboardRequest,
+    *,
+    now: float,
+    actor: Credential | None = None,
+) -> ClientRecord:
+    """Mint and persist; the caller answers only after this returned.
 
-
-def onboard(store: CredentialStore, request: OnboardRequest, *, now: float) -> ClientRecord:
-    """Mint and persist; the caller answers only after this returned."""
+    Who may onboard is decided by :func:`coapdev.authz.decide`; ``actor`` is
+    checked once more against the state on disk as the client is minted.
+    """
     return store.mint_client(
-        request.name, now=now, text_key=request.key_format is KeyFormat.TEXT, origin=Origin.NATIVE
+        request.name,
+        now=now,
+        text_key=request.key_format is KeyFormat.TEXT,
+        origin=Origin.NATIVE,
+        actor=actor,
     )
 
 
@@ -114,9 +114,16 @@ def parse_tradfri_request(payload: bytes) -> str:
     return validate_identity(body[TRADFRI_IDENTITY])
 
 
-def tradfri_onboard(store: CredentialStore, identity: str, *, now: float) -> ClientRecord:
+def tradfri_onboard(
+    store: CredentialStore, identity: str, *, now: float, actor: Credential | None = None
+) -> ClientRecord:
     return store.mint_client(
-        validate_name(identity), now=now, text_key=True, origin=Origin.TRADFRI, identity=identity
+        validate_name(identity),
+        now=now,
+        text_key=True,
+        origin=Origin.TRADFRI,
+        identity=identity,
+        actor=actor,
     )
 
 

@@ -26,7 +26,10 @@ lookup) and :meth:`~CredentialStore.principal_for` on every request.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,9 +55,13 @@ from .errors import (
     Conflict,
     CorruptStateFile,
     NotFound,
+    StaleCredential,
     StateError,
+    StateWriteError,
     TooManyRequests,
 )
+
+log = logging.getLogger("coapdev.store")
 
 SCHEMA_VERSION = 1
 STATE_FILE = "credentials.json"
@@ -132,6 +139,26 @@ class DeviceInfo:
     factory_identity: str = FACTORY_IDENTITY
     #: Onboarding is open until this time (epoch seconds); None: closed.
     onboarding_until: float | None = None
+    #: Counts factory resets and new factory keys: a session opened with the
+    #: factory key of an earlier generation is worth nothing.
+    factory_generation: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The key material a DTLS session was authenticated with.
+
+    A client identity names exactly one key forever (identities are never
+    reused, see :meth:`CredentialStore.taken`), so its generation is 0; the
+    factory identity keeps its name across factory resets and new factory
+    keys, so it carries the device's ``factory_generation``.
+    """
+
+    identity: str
+    generation: int = 0
+
+    def __str__(self) -> str:
+        return self.identity if not self.generation else f"{self.identity}#{self.generation}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +167,7 @@ class Principal:
 
     identity: str
     client: ClientRecord | None  # None for the factory identity
+    credential: Credential | None = None
 
     @property
     def is_factory(self) -> bool:
@@ -180,8 +208,18 @@ class CredentialStore:
     audit: AuditHook | None = None
     _clients: dict[str, ClientRecord] = field(default_factory=dict)
     _by_identity: dict[str, ClientRecord] = field(default_factory=dict)
-    _names: set[str] = field(default_factory=set)
+    #: Client ids by name (one each, unless a state file edited by hand says otherwise).
+    _by_name: dict[str, set[str]] = field(default_factory=dict)
+    #: Every identity this device ever issued that no longer opens anything
+    #: (rotated away, revoked, expired, reset): never issued again.
+    _retired: set[str] = field(default_factory=set)
     _admins: int = 0
+    #: Called with the credentials that stopped being valid, after every change
+    #: that invalidated some (here or, found on reload, in another process).
+    listeners: list[Callable[[frozenset[Credential]], None]] = field(default_factory=list)
+    _invalidated: set[Credential] = field(default_factory=set)
+    #: Invalidations of the change being made: they count once it is durable.
+    _tentative: set[Credential] = field(default_factory=set)
     _signature: tuple[_Signature | None, _Signature | None] | None = None
     #: Clients whose last-seen time moved since it was last written.
     _seen_dirty: set[str] = field(default_factory=set)
@@ -252,30 +290,54 @@ class CredentialStore:
 
     # --- lookups (hot path: O(1), no I/O) --------------------------------------------
 
-    def psk_for(self, identity: bytes) -> bytes | None:
-        """The PSK for a DTLS identity, or None if the identity is unknown."""
+    def credential_for(self, identity: bytes) -> tuple[bytes, Credential] | None:
+        """The PSK for a DTLS identity and the credential it stands for, or None."""
         try:
             text = identity.decode("ascii")
         except UnicodeDecodeError:
             return None
-        if text == self.device.factory_identity:
-            return keys.factory_psk(self.device.factory_key)
+        device = self.device
+        if text == device.factory_identity:
+            return keys.factory_psk(device.factory_key), Credential(text, device.factory_generation)
         record = self._by_identity.get(text)
         if record is None:
             return None
         if record.identity == text:
-            return record.key
+            return record.key, Credential(text)
         pending = record.pending
-        return pending.key if pending is not None and pending.identity == text else None
+        if pending is not None and pending.identity == text:
+            return pending.key, Credential(text)
+        return None
 
-    def principal_for(self, identity: str) -> Principal | None:
-        """Who an authenticated identity is now (None once revoked or rotated away)."""
+    def psk_for(self, identity: bytes) -> bytes | None:
+        """The PSK for a DTLS identity, or None if the identity is unknown."""
+        found = self.credential_for(identity)
+        return None if found is None else found[0]
+
+    def current_credential(self, identity: str) -> Credential:
+        """The credential an identity stands for now (valid or not)."""
         if identity == self.device.factory_identity:
-            return Principal(identity, None)
-        record = self._by_identity.get(identity)
-        if record is None:
+            return Credential(identity, self.device.factory_generation)
+        return Credential(identity)
+
+    def is_valid(self, credential: Credential) -> bool:
+        """Whether ``credential`` still opens this device (O(1))."""
+        identity = credential.identity
+        if identity == self.device.factory_identity:
+            return credential.generation == self.device.factory_generation
+        return credential.generation == 0 and identity in self._by_identity
+
+    def principal_for(self, credential: Credential | str) -> Principal | None:
+        """Who a credential is now (None once revoked, rotated away or superseded).
+
+        A bare identity means the credential it stands for now.
+        """
+        if isinstance(credential, str):
+            credential = self.current_credential(credential)
+        if not self.is_valid(credential):
             return None
-        return Principal(identity, record)
+        identity = credential.identity
+        return Principal(identity, self._by_identity.get(identity), credential)
 
     def is_pending_identity(self, identity: str) -> bool:
         record = self._by_identity.get(identity)
@@ -290,18 +352,45 @@ class CredentialStore:
         except KeyError:
             raise NotFound(f"no client with id {client_id!r}") from None
 
+    def clients_named(self, ref: str) -> list[ClientRecord]:
+        """Every client ``ref`` names: as id, as current or pending identity, or as name.
+
+        By construction (:meth:`taken`) that is at most one; a state file
+        edited by hand may say otherwise.
+        """
+        found: dict[str, ClientRecord] = {}
+        for record in (self._clients.get(ref), self._by_identity.get(ref)):
+            if record is not None:
+                found[record.id] = record
+        for client_id in self._by_name.get(ref, ()):
+            found[client_id] = self._clients[client_id]
+        return list(found.values())
+
     def find_client(self, ref: str) -> ClientRecord:
-        """A client by id, current identity or (unique) name."""
-        record = self._clients.get(ref) or self._by_identity.get(ref)
-        if record is not None:
-            return record
-        named = [c for c in self._clients.values() if c.name == ref]
+        """The one client ``ref`` names (id, identity or name); ambiguity is refused."""
+        named = self.clients_named(ref)
         if len(named) == 1:
             return named[0]
         if named:
-            ids = ", ".join(c.id for c in named)
-            raise Conflict(f"several clients are named {ref!r}; use an id: {ids}")
+            ids = ", ".join(sorted(c.id for c in named))
+            raise Conflict(f"{ref!r} names several clients; use an id: {ids}")
         raise NotFound(f"no client with id, identity or name {ref!r}")
+
+    def taken(self, text: str, *, by: ClientRecord | None = None) -> str | None:
+        """Why ``text`` cannot name ``by`` (a new client if None), or None if it can.
+
+        Ids, current and pending identities, every identity ever issued here,
+        the factory identity and client names form one namespace: a string
+        names at most one client, ever.
+        """
+        if text == self.device.factory_identity:
+            return "it is the factory identity"
+        if text in self._retired:
+            return "it was an identity on this device before"
+        for other in self.clients_named(text):
+            if by is None or other.id != by.id:
+                return f"client {other.id} already goes by it"
+        return None
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -323,13 +412,17 @@ class CredentialStore:
         text_key: bool = False,
         origin: Origin = Origin.NATIVE,
         identity: str | None = None,
+        actor: Credential | None = None,
     ) -> ClientRecord:
         """Mint a client and persist it; only then may its key be handed out.
 
         The first client, and any client minted while no admin exists, becomes
         admin; all others are users.  Names are unique: a name already taken
         gets a numeric suffix (``laptop-2``), and the earlier client keeps its
-        access (onboarding never takes anything away from anyone).
+        access (onboarding never takes anything away from anyone).  A chosen
+        ``identity`` (Tradfri onboarding) that is taken in the namespace of
+        :meth:`taken` is refused.  ``actor`` is the credential of the session
+        asking, checked again under the lock against what is on disk.
         """
         name = validate_name(name)
         if identity is not None:
@@ -341,17 +434,17 @@ class CredentialStore:
                     f"this device already has its maximum of {self.limits.max_clients} clients; "
                     "revoke one first"
                 )
-            if identity is not None and (
-                identity in self._by_identity or identity == self.device.factory_identity
-            ):
-                raise Conflict(f"identity {identity!r} is already in use on this device")
+            if identity is not None:
+                reason = self.taken(identity)
+                if reason is not None:
+                    raise Conflict(f"identity {identity!r} cannot be issued: {reason}")
             client_id = identity or self._fresh_identity()
             has_admin = self._admins > 0
             record = ClientRecord(
                 id=client_id,
                 identity=client_id,
                 key=keys.mint_client_key(text=text_key),
-                name=self._unique_name(name),
+                name=name if name == client_id else self._unique_name(name),
                 role=Role.USER if has_admin else Role.ADMIN,
                 created=now,
                 origin=origin,
@@ -361,7 +454,7 @@ class CredentialStore:
             self._changed(record)
             return record
 
-        record = self._mutate(mint)
+        record = self._mutate(mint, actor=actor)
         self._audit(
             "onboard",
             client=record.id,
@@ -371,7 +464,14 @@ class CredentialStore:
         )
         return record
 
-    def revoke(self, client_id: str, *, by: str = "local", force: bool = False) -> ClientRecord:
+    def revoke(
+        self,
+        client_id: str,
+        *,
+        by: str = "local",
+        force: bool = False,
+        actor: Credential | None = None,
+    ) -> ClientRecord:
         """Remove a client.  The last admin is kept unless ``force`` (local use only):
         a device without an admin can only be recovered at the device."""
 
@@ -382,30 +482,41 @@ class CredentialStore:
             self._removed(record)
             return record
 
-        record = self._mutate(revoke)
+        record = self._mutate(revoke, actor=actor)
         self._audit("revoke", client=record.id, name=record.name, by=by)
         return record
 
-    def rename(self, client_id: str, new_name: str, *, by: str = "local") -> ClientRecord:
+    def rename(
+        self, client_id: str, new_name: str, *, by: str = "local", actor: Credential | None = None
+    ) -> ClientRecord:
         new_name = validate_name(new_name)
+        old: list[str] = []
 
         def rename() -> ClientRecord:
             record = self.client(client_id)
-            if new_name != record.name and new_name in self._names:
-                raise Conflict(f"another client is already named {new_name!r}")
+            if new_name != record.name:
+                reason = self.taken(new_name, by=record)
+                if reason is not None:
+                    raise Conflict(f"cannot rename to {new_name!r}: {reason}")
+            old.append(record.name)
             self._unindex(record)
             record.name = new_name
             self._index(record)
             self._changed(record)
             return record
 
-        old = self.client(client_id).name
-        record = self._mutate(rename)
-        self._audit("rename", client=record.id, old=old, name=record.name, by=by)
+        record = self._mutate(rename, actor=actor)
+        self._audit("rename", client=record.id, old=old[0], name=record.name, by=by)
         return record
 
     def set_role(
-        self, client_id: str, role: Role, *, by: str = "local", force: bool = False
+        self,
+        client_id: str,
+        role: Role,
+        *,
+        by: str = "local",
+        force: bool = False,
+        actor: Credential | None = None,
     ) -> ClientRecord:
         """Change a client's role; the last admin is not demoted unless ``force``."""
 
@@ -419,21 +530,24 @@ class CredentialStore:
             self._changed(record)
             return record
 
-        record = self._mutate(set_role)
+        record = self._mutate(set_role, actor=actor)
         self._audit("role", client=record.id, role=role.value, by=by)
         return record
 
-    def begin_rekey(self, client_id: str, *, now: float) -> PendingKey:
+    def begin_rekey(
+        self, client_id: str, *, now: float, actor: Credential | None = None
+    ) -> PendingKey:
         """Mint a new identity and key for a client; the old ones stay valid until confirmed.
 
         Asking again before confirming replaces the pending key (the answer
-        to the first ask may have been lost).
+        to the first ask may have been lost); the replaced one never opens
+        anything.
         """
 
         def begin() -> PendingKey:
             record = self.client(client_id)
             if record.pending is not None:
-                self._by_identity.pop(record.pending.identity, None)
+                self._retire(record.pending.identity)
             pending = PendingKey(
                 identity=self._fresh_identity(),
                 key=keys.mint_client_key(text=record.key_format is KeyFormat.TEXT),
@@ -444,7 +558,7 @@ class CredentialStore:
             self._changed(record)
             return pending
 
-        pending = self._mutate(begin)
+        pending = self._mutate(begin, actor=actor)
         self._audit("rekey-begin", client=client_id)
         return pending
 
@@ -455,14 +569,14 @@ class CredentialStore:
             record = self._by_identity.get(identity)
             if record is None or record.pending is None or record.pending.identity != identity:
                 raise NotFound("no key rotation is pending for this identity")
-            self._by_identity.pop(record.identity, None)
+            self._retire(record.identity)
             record.identity = record.pending.identity
             record.key = record.pending.key
             record.pending = None
             self._changed(record)
             return record
 
-        record = self._mutate(confirm)
+        record = self._mutate(confirm, actor=Credential(identity))
         self._audit("rekey", client=record.id, name=record.name)
         return record
 
@@ -513,13 +627,17 @@ class CredentialStore:
     ) -> None:
         """Forget every client; optionally mint a new factory key.
 
-        Like a first start, onboarding then opens for ``onboarding_window_s``
-        (closed if None).
+        Every session, also one opened with the factory key, is worth nothing
+        afterwards (a new factory generation), and the identities of the
+        forgotten clients are never issued again.  Like a first start,
+        onboarding then opens for ``onboarding_window_s`` (closed if None).
         """
 
         def reset() -> None:
             for record in list(self._clients.values()):
-                self._remove(record)
+                self._removed(record)
+            self._invalidate(self.current_credential(self.device.factory_identity))
+            self.device.factory_generation += 1
             self._snapshot_needed = True
             if new_factory_key:
                 self.device.factory_key = keys.mint_factory_key()
@@ -554,8 +672,11 @@ class CredentialStore:
         """Reload if another process changed the file; True if it did."""
         if self._disk_signature() == self._signature:
             return False
-        with locked(self.directory / LOCK_FILE):
-            self._load(merge_last_seen=True)
+        try:
+            with locked(self.directory / LOCK_FILE):
+                self._load(merge_last_seen=True)
+        finally:
+            self._notify()
         return True
 
     # --- internals -------------------------------------------------------------------
@@ -578,27 +699,76 @@ class CredentialStore:
         except OSError:
             pass  # a read-only state directory: nothing to tidy, nothing lost
 
-    def _mutate(self, change: Callable[[], T]) -> T:
-        with locked(self.directory / LOCK_FILE):
-            if self._disk_signature() != self._signature:
-                self._load(merge_last_seen=True)
-            self._ops = []
-            try:
-                result = change()
-            except BaseException:
+    def _mutate(self, change: Callable[[], T], *, actor: Credential | None = None) -> T:
+        """Make one change under the lock, on the state as it is on disk.
+
+        The change reaches memory for good only once it is durable: if
+        writing fails (a full disk, a read-only or failing card), memory is
+        reloaded from disk, so it holds exactly what was acknowledged, and
+        :class:`StateWriteError` says why.  ``actor`` is the credential of the
+        session that asked: it must still be valid on the fresh state (a
+        request authorized a moment ago on a stale view, just before another
+        process reset the device, must not mint its admin).
+        """
+        try:
+            with locked(self.directory / LOCK_FILE):
+                if self._disk_signature() != self._signature:
+                    self._load(merge_last_seen=True)
+                if actor is not None and not self.is_valid(actor):
+                    raise StaleCredential(
+                        "the key of this session is no longer valid on this device"
+                    )
                 self._ops = []
-                self._snapshot_needed = False
-                self._load(merge_last_seen=True)  # drop a half-made change
-                raise
-            self._persist()
-            return result
+                self._tentative = set()
+                try:
+                    result = change()
+                    self._persist()
+                except BaseException as exc:
+                    self._snapshot_needed = False
+                    self._tentative = set()
+                    self._load(merge_last_seen=True)  # memory = what is on disk
+                    if isinstance(exc, OSError):
+                        raise StateWriteError.from_os_error(self.directory, exc) from exc
+                    raise
+                finally:
+                    self._ops = []
+                self._invalidated |= self._tentative
+                self._tentative = set()
+        finally:
+            self._notify()
+        return result
+
+    def _notify(self) -> None:
+        """Tell listeners which credentials stopped being valid (outside the lock)."""
+        if not self._invalidated:
+            return
+        gone = frozenset(self._invalidated)
+        self._invalidated = set()
+        for listener in list(self.listeners):
+            listener(gone)
+
+    def _invalidate(self, credential: Credential) -> None:
+        self._tentative.add(credential)
+
+    def _retire(self, identity: str) -> None:
+        """``identity`` stops opening anything and is never issued again."""
+        self._by_identity.pop(identity, None)
+        if identity not in self._retired:
+            self._retired.add(identity)
+            self._ops.append({"op": "retire", "identity": identity})
+        self._invalidate(Credential(identity))
 
     def _changed(self, record: ClientRecord) -> None:
         self._ops.append({"op": "client", "client": _encode_client(record)})
 
     def _removed(self, record: ClientRecord) -> None:
+        identities = [record.identity] + ([record.pending.identity] if record.pending else [])
         self._remove(record)
         self._ops.append({"op": "remove", "id": record.id})
+        for identity in identities:
+            self._retire(identity)
+        if record.id not in identities:
+            self._retire(record.id)
 
     def _persist(self) -> None:
         """Journal the change just made (with pending last-seen times), or snapshot."""
@@ -615,8 +785,13 @@ class CredentialStore:
         self._seen_dirty.clear()
 
     def _append(self, ops: list[dict[str, Any]]) -> bool:
-        """Append to the journal and fsync; False if it must be rewritten instead."""
-        data = b"".join(_journal_line(op) for op in ops)
+        """Append one change to the journal and fsync; False if it must be rewritten instead.
+
+        One change is one line, so a write cut short (a crash, a full disk)
+        leaves at most a partial last line, which is never replayed; on a
+        write error the journal is also cut back to where it was.
+        """
+        data = _journal_line(ops[0] if len(ops) == 1 else {"op": "batch", "ops": ops})
         try:
             fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND)
         except FileNotFoundError:
@@ -625,8 +800,14 @@ class CredentialStore:
             size = os.fstat(fd).st_size
             if size == 0 or os.pread(fd, 1, size - 1) != b"\n":
                 return False  # a line cut short by a crash: start a fresh journal
-            write_all(fd, data)
-            os.fsync(fd)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                raise
         finally:
             os.close(fd)
         self._journal_entries += len(ops)
@@ -655,12 +836,16 @@ class CredentialStore:
             self._by_identity.pop(record.pending.identity, None)
 
     def _index(self, record: ClientRecord) -> None:
-        self._names.add(record.name)
+        self._by_name.setdefault(record.name, set()).add(record.id)
         if record.role is Role.ADMIN:
             self._admins += 1
 
     def _unindex(self, record: ClientRecord) -> None:
-        self._names.discard(record.name)
+        named = self._by_name.get(record.name)
+        if named is not None:
+            named.discard(record.id)
+            if not named:
+                del self._by_name[record.name]
         if record.role is Role.ADMIN:
             self._admins -= 1
 
@@ -674,18 +859,18 @@ class CredentialStore:
     def _fresh_identity(self) -> str:
         while True:
             candidate = keys.mint_identity()
-            if candidate not in self._by_identity and candidate not in self._clients:
+            if self.taken(candidate) is None:
                 return candidate
 
     def _unique_name(self, name: str) -> str:
-        taken = self._names
-        if name not in taken:
+        """``name``, or with the first numeric suffix that is free in the namespace."""
+        if self.taken(name) is None:
             return name
         n = 2
         while True:
             suffix = f"-{n}"
             candidate = name[: MAX_CLIENT_NAME_CHARS - len(suffix)] + suffix
-            if candidate not in taken:
+            if self.taken(candidate) is None:
                 return candidate
             n += 1
 
@@ -694,50 +879,66 @@ class CredentialStore:
             self.audit(event, details)
 
     def _write(self) -> None:
-        """A new snapshot of everything, then an empty journal for it."""
+        """A new snapshot of everything, then an empty journal for it.
+
+        The rename of the snapshot is the moment the change is durable; the
+        second copy and the fresh journal after it are housekeeping: if they
+        fail, the next change writes a snapshot again.
+        """
         generation = self._generation + 1
+        device = self.device
         document = {
             "schema": SCHEMA_VERSION,
             "journal": generation,
             "device": {
-                "id": self.device.id,
-                "model": self.device.model,
-                "created": self.device.created,
-                "onboarding-until": _encode_until(self.device.onboarding_until),
+                "id": device.id,
+                "model": device.model,
+                "created": device.created,
+                "onboarding-until": _encode_until(device.onboarding_until),
             },
             "factory": {
-                "identity": self.device.factory_identity,
-                "key": self.device.factory_key,
+                "identity": device.factory_identity,
+                "key": device.factory_key,
+                "generation": device.factory_generation,
             },
             "clients": [_encode_client(c) for c in self.clients()],
+            "retired": sorted(self._retired),
         }
         data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # A second copy first: if the snapshot is ever damaged, the copy plus the
-        # journal still hold everything.
-        write_atomic(self.path.with_name(STATE_FILE + ".bak"), data)
         write_atomic(self.path, data)
-        write_atomic(self.journal_path, _journal_line({"op": "begin", "journal": generation}))
         self._generation = generation
         self._journal_entries = 0
-        self._snapshot_needed = False
+        self._snapshot_needed = True  # until the fresh journal below exists
         self._seen_dirty.clear()
+        try:
+            # A second copy, for a snapshot damaged later (SD-card rot).
+            write_atomic(self.path.with_name(STATE_FILE + ".bak"), data)
+            write_atomic(self.journal_path, _journal_line({"op": "begin", "journal": generation}))
+            self._snapshot_needed = False
+        except OSError as exc:
+            log.warning("%s: snapshot written, but not its copy or journal: %s", self.path, exc)
         self._signature = self._disk_signature()
 
     def _load(self, *, merge_last_seen: bool = False) -> None:
+        """Replace memory with what is on disk; note credentials that stopped being valid."""
         signature = self._disk_signature()
-        device, clients, generation, entries = read_state_files(self.directory)
+        content = read_state_files(self.directory)
         previous = self._clients if merge_last_seen else {}
-        self.device = device
+        was_valid = set(self._by_identity)
+        old_factory = self.current_credential(self.device.factory_identity)
+        had_device = bool(self.device.id)
+        self.device = content.device
         self._clients = {}
         self._by_identity = {}
-        self._names = set()
+        self._by_name = {}
+        self._retired = content.retired
         self._admins = 0
-        self._generation = generation
-        self._journal_entries = max(entries, 0)
-        if entries < 0:
+        self._generation = content.generation
+        self._journal_entries = max(content.entries, 0)
+        if content.entries < 0:
             self._snapshot_needed = True
-        for record in clients:
+        for record in content.clients:
             old = previous.get(record.id)
             if (
                 old is not None
@@ -748,6 +949,9 @@ class CredentialStore:
                 self._seen_dirty.add(record.id)
             self._add(record)
         self._signature = signature
+        self._invalidated.update(Credential(i) for i in was_valid - set(self._by_identity))
+        if had_device and not self.is_valid(old_factory):
+            self._invalidated.add(old_factory)
 
 
 def _placeholder_device() -> DeviceInfo:
@@ -767,13 +971,27 @@ def _journal_line(op: dict[str, Any]) -> bytes:
 
 def read_state(directory: Path | str) -> tuple[DeviceInfo, list[ClientRecord]]:
     """The device and its clients as on disk (snapshot plus journal), without locking."""
-    device, clients, _, _ = read_state_files(Path(directory))
-    return device, clients
+    content = read_state_files(Path(directory))
+    return content.device, content.clients
 
 
-def read_state_files(directory: Path) -> tuple[DeviceInfo, list[ClientRecord], int, int]:
-    """Snapshot plus journal: device, clients, snapshot generation, journal entries
-    (-1: there is no journal for this snapshot, the next change writes a snapshot)."""
+@dataclass(slots=True)
+class StateContent:
+    """What a state directory holds: snapshot plus journal, parsed and checked."""
+
+    device: DeviceInfo
+    clients: list[ClientRecord]
+    #: Identities issued before that open nothing now.
+    retired: set[str]
+    #: The snapshot's generation (which journal is its own).
+    generation: int
+    #: Journal entries; -1: there is no journal for this snapshot, the next
+    #: change writes a snapshot.
+    entries: int
+
+
+def read_state_files(directory: Path) -> StateContent:
+    """Snapshot plus journal, parsed and checked; every problem names file and line."""
     path = directory / STATE_FILE
     try:
         raw = path.read_bytes()
@@ -781,66 +999,70 @@ def read_state_files(directory: Path) -> tuple[DeviceInfo, list[ClientRecord], i
         raise StateError(f"{path}: missing") from None
     except OSError as exc:
         raise StateError(f"{path}: cannot read: {exc.strerror}") from None
-    device, clients, generation = _parse_snapshot(raw, path)
+    content = parse_snapshot(raw, path)
     journal = directory / JOURNAL_FILE
     try:
         lines = journal.read_bytes().split(b"\n")
     except FileNotFoundError:
-        return device, clients, generation, -1
+        return content
     except OSError as exc:
         raise StateError(f"{journal}: cannot read: {exc.strerror}") from None
-    replayed = replay_journal(device, clients, generation, lines, journal)
-    if replayed is None:
-        return device, clients, generation, -1  # left over from an earlier snapshot
-    return *replayed, generation, len(lines) - 2
+    if replay_journal(content, lines, journal):
+        content.entries = len(lines) - 2
+    return content
 
 
-def replay_journal(
-    device: DeviceInfo,
-    clients: list[ClientRecord],
-    generation: int,
-    lines: list[bytes],
-    path: Path,
-) -> tuple[DeviceInfo, list[ClientRecord]] | None:
-    """Apply the journal's entries to a snapshot's content.
+def replay_journal(content: StateContent, lines: list[bytes], path: Path) -> bool:
+    """Apply the journal's entries to a snapshot's content; False if it is not its own.
 
     ``lines`` is the file split at newlines: the last element is what
     follows the last newline, a line cut short by a crash (never
     acknowledged: dropped).  A journal begun for another snapshot
     generation is not this snapshot's (its entries are in the snapshot
-    already): None.
+    already).
     """
     complete = lines[:-1]
-    if not complete or _begin_generation(complete[0]) != generation:
-        return None
-    by_id = {c.id: c for c in clients}
+    if not complete or _begin_generation(complete[0]) != content.generation:
+        return False
+    by_id = {c.id: c for c in content.clients}
     for number, line in enumerate(complete[1:], start=2):
         try:
-            op = json.loads(line)
-            kind = op["op"]
-            if kind == "client":
-                record = _decode_client(op["client"])
-                by_id[record.id] = record
-            elif kind == "remove":
-                by_id.pop(_str(op["id"]), None)
-            elif kind == "seen":
-                seen = by_id.get(_str(op["id"]))
-                t = float(op["t"])
-                if seen is not None and (seen.last_seen is None or t > seen.last_seen):
-                    seen.last_seen = t
-            elif kind == "device":
-                device.onboarding_until = _decode_until(op["onboarding-until"])
-            else:
-                raise ValueError(f"unknown entry {kind!r}")
+            entry = json.loads(line)
+            ops = entry["ops"] if entry["op"] == "batch" else [entry]
+            for op in ops:
+                _apply(op, content, by_id)
+        except KeyCheckFailed as exc:
+            raise CorruptStateFile(path, f"line {number}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
             raise CorruptStateFile(path, f"line {number}: invalid entry: {exc!r}") from None
         except CoapdevError as exc:
             raise CorruptStateFile(path, f"line {number}: invalid entry: {exc}") from None
     try:
-        _check_identities_unique(device, by_id.values())
+        _check_identities_unique(content.device, by_id.values())
     except ValueError as exc:
         raise CorruptStateFile(path, str(exc)) from None
-    return device, list(by_id.values())
+    content.clients = list(by_id.values())
+    return True
+
+
+def _apply(op: dict[str, Any], content: StateContent, by_id: dict[str, ClientRecord]) -> None:
+    kind = op["op"]
+    if kind == "client":
+        record = _decode_client(op["client"])
+        by_id[record.id] = record
+    elif kind == "remove":
+        by_id.pop(_str(op["id"]), None)
+    elif kind == "retire":
+        content.retired.add(validate_identity(op["identity"]))
+    elif kind == "seen":
+        seen = by_id.get(_str(op["id"]))
+        t = float(op["t"])
+        if seen is not None and (seen.last_seen is None or t > seen.last_seen):
+            seen.last_seen = t
+    elif kind == "device":
+        content.device.onboarding_until = _decode_until(op["onboarding-until"])
+    else:
+        raise ValueError(f"unknown entry {kind!r}")
 
 
 def _begin_generation(line: bytes) -> int | None:
@@ -866,11 +1088,25 @@ def _decode_until(value: object) -> float | None:
     return float("inf") if value == "always" else _opt_float(value)
 
 
+def key_check(key: bytes) -> str:
+    """A short checksum stored beside each key: a flipped bit on the card is caught."""
+    return hashlib.blake2s(key, digest_size=4).hexdigest()
+
+
+class KeyCheckFailed(ValueError):
+    """A stored key does not match its checksum (storage corruption)."""
+
+    def __init__(self, client_id: str, key_hex: str) -> None:
+        super().__init__(f"client {client_id!r}: the stored key does not match its checksum")
+        self.key_hex = key_hex
+
+
 def _encode_client(c: ClientRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": c.id,
         "identity": c.identity,
         "key": c.key.hex(),
+        "key-check": key_check(c.key),
         "name": c.name,
         "role": c.role.value,
         "created": c.created,
@@ -882,6 +1118,7 @@ def _encode_client(c: ClientRecord) -> dict[str, Any]:
         out["pending"] = {
             "identity": c.pending.identity,
             "key": c.pending.key.hex(),
+            "key-check": key_check(c.pending.key),
             "created": c.pending.created,
         }
     return out
@@ -922,12 +1159,12 @@ def validate_identity(identity: object) -> str:
 
 def parse_state(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientRecord]]:
     """Parse and check a state file; every problem names the file."""
-    device, clients, _ = _parse_snapshot(raw, path)
-    return device, clients
+    content = parse_snapshot(raw, path)
+    return content.device, content.clients
 
 
-def _parse_snapshot(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientRecord], int]:
-    """:func:`parse_state`, and the snapshot's generation (which journal is its own)."""
+def parse_snapshot(raw: bytes, path: Path) -> StateContent:
+    """:func:`parse_state`, with the retired identities and the snapshot's generation."""
 
     def bad(reason: str) -> CorruptStateFile:
         backup = path.with_name(path.name + ".bak")
@@ -946,6 +1183,9 @@ def _parse_snapshot(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientReco
     try:
         dev = doc["device"]
         factory = doc["factory"]
+        factory_generation = factory.get("generation", 1)
+        if not isinstance(factory_generation, int) or factory_generation < 1:
+            raise ValueError(f"factory generation {factory_generation!r}")
         device = DeviceInfo(
             id=_str(dev["id"]),
             model=_str(dev["model"]),
@@ -953,9 +1193,14 @@ def _parse_snapshot(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientReco
             factory_key=keys.canonical_factory_key(_str(factory["key"])),
             factory_identity=validate_identity(factory["identity"]),
             onboarding_until=_decode_until(dev.get("onboarding-until")),
+            factory_generation=factory_generation,
         )
         clients = [_decode_client(entry) for entry in doc["clients"]]
         _check_identities_unique(device, clients)
+        retired = {validate_identity(identity) for identity in doc.get("retired", [])}
+    except KeyCheckFailed as exc:
+        line = raw[: max(raw.find(exc.key_hex.encode()), 0)].count(b"\n") + 1
+        raise bad(f"line {line}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise bad(f"invalid content: {exc!r}") from None
     except CoapdevError as exc:  # a bad name, identity or factory key text
@@ -963,7 +1208,7 @@ def _parse_snapshot(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientReco
     generation = doc.get("journal", 0)
     if not isinstance(generation, int) or isinstance(generation, bool):
         generation = 0
-    return device, clients, generation
+    return StateContent(device, clients, retired, generation, -1)
 
 
 def _check_identities_unique(device: DeviceInfo, clients: Iterable[ClientRecord]) -> None:
@@ -988,19 +1233,25 @@ def _opt_float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
-def _key(value: object) -> bytes:
-    key = bytes.fromhex(_str(value))
+def _key(holder: dict[str, Any], client_id: str) -> bytes:
+    """The key of a client (or pending key) entry, checked against its checksum if stored."""
+    text = _str(holder["key"])
+    key = bytes.fromhex(text)
     if not 1 <= len(key) <= MAX_PSK_BYTES:
         raise ValueError(f"key of {len(key)} bytes (1 to {MAX_PSK_BYTES} allowed)")
+    check = holder.get("key-check")
+    if check is not None and check != key_check(key):
+        raise KeyCheckFailed(client_id, text)
     return key
 
 
 def _decode_client(entry: dict[str, Any]) -> ClientRecord:
     pending = entry.get("pending")
+    client_id = validate_identity(entry["id"])
     return ClientRecord(
-        id=validate_identity(entry["id"]),
+        id=client_id,
         identity=validate_identity(entry["identity"]),
-        key=_key(entry["key"]),
+        key=_key(entry, client_id),
         name=validate_name(entry["name"]),
         role=Role(entry["role"]),
         created=float(entry["created"]),
@@ -1011,7 +1262,7 @@ def _decode_client(entry: dict[str, Any]) -> ClientRecord:
         if pending is None
         else PendingKey(
             identity=validate_identity(pending["identity"]),
-            key=_key(pending["key"]),
+            key=_key(pending, client_id),
             created=float(pending["created"]),
         ),
     )

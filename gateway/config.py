@@ -67,6 +67,10 @@ class ResourceConfig:
     concurrency: int = 1
     observe: ObserveConfig | None = None
     title: str = ""
+    #: The output is the same whoever asks (it does not read COAPDEV_CLIENT_*):
+    #: observed and cached output is then shared between clients whose query
+    #: and payload are the same.  Default: each client has its own.
+    shared: bool = False
 
     @property
     def method_map(self) -> dict[str, MethodConfig]:
@@ -417,6 +421,7 @@ class _Reader:
                 "max_input_bytes",
                 "concurrency",
                 "observe",
+                "shared",
                 *METHODS,
             ),
         )
@@ -461,6 +466,7 @@ class _Reader:
             ),
             observe=observe,
             title=self.string(t.get("title", ""), f"{key}.title", empty=True),
+            shared=self.boolean(t.get("shared", d.shared), f"{key}.shared"),
         )
 
     def path(self, value: Any, key: str) -> tuple[str, ...]:

@@ -10,10 +10,13 @@ import os
 import signal
 import time
 import urllib.parse
+from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from aiocoap import Code, Message
 
+from coapdev import authz
 from coapdev.const import ContentFormat
 from coapdev.errors import (
     BadRequest,
@@ -26,6 +29,7 @@ from coapdev.errors import (
 from coapdev.payload import decode
 from coapdev.server.resources import (
     ObservableGuardedResource,
+    Observation,
     ServerState,
     bound_block1,
     refusal_message,
@@ -48,71 +52,143 @@ _SUCCESS = {"GET": Code.CONTENT, "PUT": Code.CHANGED, "POST": Code.CREATED, "DEL
 QUEUE_PER_SLOT = 8
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptInputs:
+    """Everything a script run can depend on: runs with equal inputs give one answer.
+
+    For a resource declared ``shared``, the client fields are left empty:
+    its output does not depend on who asks.
+    """
+
+    client_id: str
+    client_name: str
+    client_role: str
+    query: tuple[str, ...]
+    payload: bytes
+    content_format: int | None
+    accept: int | None
+
+
+@dataclass(slots=True)
+class _ObservedState:
+    """What observers with one set of inputs were told, and how many there are."""
+
+    inputs: ScriptInputs
+    observers: int = 0
+    #: Latest output and when it was produced (monotonic).
+    latest: tuple[bytes, float] | None = None
+    #: What these observers were last told (or served), to notify on change only.
+    last_notified: bytes | None = None
+
+
+#: The key under which a watch resource's single state is kept: the watcher
+#: runs without any client's environment, so everyone sees the same state.
+_WATCHED = "watched"
+
+
 class ScriptResource(ObservableGuardedResource):
-    """A resource whose methods run scripts; optionally observable."""
+    """A resource whose methods run scripts; optionally observable.
+
+    An answer is only ever served to requests with the same script inputs as
+    the run that produced it (:class:`ScriptInputs`): observed output is kept
+    per set of inputs, and concurrent GETs with equal inputs share one run.
+    """
 
     def __init__(self, state: ServerState, config: ResourceConfig) -> None:
         super().__init__(state)
         self.config = config
-        self.roles = {method: m.roles for method, m in config.methods}
+        roles = {method: m.roles for method, m in config.methods}
         if config.observe is not None and config.observe.watch is not None:
-            self.roles.setdefault("GET", frozenset().union(*self.roles.values()) or _all_roles())
+            roles.setdefault("GET", frozenset().union(*roles.values()) or _all_roles())
+        self.policy = authz.Policy.of(**roles)
+        self.observable = config.observe is not None
         self.rt = "coapdev.script"
         self.ct = f"{int(_OUTPUT_FORMATS[config.output]):d}"
         bound_block1(self, config.max_input_bytes, state.max_uploads_per_resource)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._waiting = 0
-        #: Latest output (bytes) and when it was produced (monotonic).
-        self._latest: tuple[bytes, float] | None = None
-        #: What observers were last told (or served), to notify on change only.
-        self._last_notified: bytes | None = None
-        self._observers = 0
+        #: Observed state per set of inputs (or one, _WATCHED, for a watcher).
+        self._observed: dict[Hashable, _ObservedState] = {}
+        #: GET runs in progress per set of inputs, shared by concurrent GETs.
+        self._in_flight: dict[ScriptInputs, asyncio.Task[bytes]] = {}
         self._observer_task: asyncio.Task[None] | None = None
         self._watch_process: asyncio.subprocess.Process | None = None
+        #: The watcher's latest line, and when it came (monotonic).
+        self._watched: tuple[bytes, float] | None = None
         self._retired = False
 
-    # --- aiocoap hooks ---------------------------------------------------------------
+    # --- observation -------------------------------------------------------------------
 
     def get_link_description(self) -> dict[str, Any]:
-        links = super().get_link_description()
-        if self.config.observe is None:
-            links.pop("obs", None)
+        links = super().get_link_description() or {}
         if self.config.title:
             links["title"] = self.config.title
         return links
 
-    async def add_observation(self, request: Message, serverobservation: Any) -> None:
-        if self.config.observe is None:
-            return  # not observable: the request is served as a plain GET
-        await super().add_observation(request, serverobservation)
+    def inputs(self, request: Message, who: Principal) -> ScriptInputs:
+        client = None if self.config.shared else who.client
+        return ScriptInputs(
+            client_id=client.id if client else "",
+            client_name=client.name if client else "",
+            client_role=client.role.value if client else "",
+            query=tuple(request.opt.uri_query),
+            payload=bytes(request.payload),
+            content_format=request.opt.content_format,
+            accept=request.opt.accept,
+        )
 
-    def update_observation_count(self, newcount: int) -> None:
-        self._observers = newcount
-        if newcount > 0 and self._observer_task is None and not self._retired:
+    def observation_key(self, request: Message, principal: Principal) -> Hashable:
+        observe = self.config.observe
+        if observe is not None and observe.watch is not None:
+            return _WATCHED
+        return self.inputs(request, principal)
+
+    def observation_added(self, observation: Observation) -> None:
+        key = observation.key
+        observed = self._observed.get(key)
+        if observed is None:
+            inputs = (
+                key
+                if isinstance(key, ScriptInputs)
+                else self.inputs(observation.request, observation.principal)
+            )
+            observed = self._observed[key] = _ObservedState(inputs)
+        observed.observers += 1
+        if self._observer_task is None and not self._retired:
             self._observer_task = asyncio.get_running_loop().create_task(
                 self._observe_loop(), name=f"observe {self.config.path_text}"
             )
-        elif newcount == 0 and self._observer_task is not None:
+
+    def observation_removed(self, observation: Observation) -> None:
+        observed = self._observed.get(observation.key)
+        if observed is not None:
+            observed.observers -= 1
+            if observed.observers <= 0:
+                del self._observed[observation.key]
+        if not self._observed and self._observer_task is not None:
             self._observer_task.cancel()
             self._observer_task = None
-            self._latest = None
-            self._last_notified = None
+            self._watched = None
 
     # --- methods ---------------------------------------------------------------------
 
     async def render_get(self, request: Message, who: Principal) -> Message:
-        observe = self.config.observe
-        if observe is not None and self._observers and self._latest is not None:
-            output, when = self._latest
-            fresh_for = observe.interval_s if observe.interval_s is not None else float("inf")
-            if time.monotonic() - when <= fresh_for:
-                return self._response(request, output, "GET")
         if "GET" not in self.config.method_map:
             return await self._watched_state(request)
-        output = await self._run("GET", request, who)
-        if self._observers:
-            self._latest = (output, time.monotonic())
-            self._last_notified = output
+        inputs = self.inputs(request, who)
+        observed = self._observed.get(inputs)
+        observe = self.config.observe
+        if observed is not None and observed.latest is not None and observe is not None:
+            output, when = observed.latest
+            fresh_for = observe.interval_s if observe.interval_s is not None else float("inf")
+            if time.monotonic() - when <= fresh_for:
+                observed.last_notified = output
+                return self._response(request, output, "GET")
+        output = await self._shared_get(inputs)
+        observed = self._observed.get(inputs)
+        if observed is not None:
+            observed.latest = (output, time.monotonic())
+            observed.last_notified = output
         return self._response(request, output, "GET")
 
     async def render_put(self, request: Message, who: Principal) -> Message:
@@ -124,25 +200,42 @@ class ScriptResource(ObservableGuardedResource):
     async def render_delete(self, request: Message, who: Principal) -> Message:
         return await self._change("DELETE", request, who)
 
-    async def render(self, request: Message) -> Message:
+    async def render_admitted(self, request: Message, principal: Principal) -> Message:
         if self._retired:
             return refusal_message(ServiceUnavailable("resource reconfigured; observe again"))
-        return await super().render(request)
+        return await super().render_admitted(request, principal)
 
     async def _change(self, method: str, request: Message, who: Principal) -> Message:
-        output = await self._run(method, request, who)
+        output = await self._run(method, self.inputs(request, who))
         observe = self.config.observe
-        if self._observers and observe is not None and observe.interval_s is not None:
+        if self._observed and observe is not None and observe.interval_s is not None:
             # Observers hear of the change now rather than at the next poll.
-            self._latest = None
-            asyncio.get_running_loop().create_task(self._refresh())
+            for observed in self._observed.values():
+                observed.latest = None
+            asyncio.get_running_loop().create_task(self._refresh_all())
         if not output:
             return Message(code=_SUCCESS[method])
         return self._response(request, output, method)
 
     # --- running ---------------------------------------------------------------------
 
-    async def _run(self, method: str, request: Message, who: Principal) -> bytes:
+    async def _shared_get(self, inputs: ScriptInputs) -> bytes:
+        """The GET script's output for ``inputs``; concurrent callers share one run."""
+        task = self._in_flight.get(inputs)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._run("GET", inputs))
+            self._in_flight[inputs] = task
+
+            def finished(done: asyncio.Task[bytes]) -> None:
+                if self._in_flight.get(inputs) is done:
+                    del self._in_flight[inputs]
+                if not done.cancelled():
+                    done.exception()  # retrieved: the callers re-raise it
+
+            task.add_done_callback(finished)
+        return await asyncio.shield(task)
+
+    async def _run(self, method: str, inputs: ScriptInputs) -> bytes:
         mc = self.config.method_map[method]
         if self._waiting >= QUEUE_PER_SLOT * self.config.concurrency:
             raise ServiceUnavailable(f"{self.config.path_text} is busy; try again")
@@ -156,22 +249,20 @@ class ScriptResource(ObservableGuardedResource):
         finally:
             self._waiting -= 1
         try:
-            return await self._run_now(mc, method, request, who)
+            return await self._run_now(mc, method, inputs)
         finally:
             self._slots.release()
 
-    async def _run_now(
-        self, mc: MethodConfig, method: str, request: Message, who: Principal
-    ) -> bytes:
-        payload = request.payload
+    async def _run_now(self, mc: MethodConfig, method: str, inputs: ScriptInputs) -> bytes:
+        payload = inputs.payload
         if len(payload) > self.config.max_input_bytes:
             raise PayloadTooLarge(f"payload over {self.config.max_input_bytes} bytes")
-        stdin = self._script_input(payload, request.opt.content_format)
+        stdin = self._script_input(payload, inputs.content_format)
         try:
             result = await run_script(
                 mc.argv,
                 stdin=stdin,
-                env=self._environment(method, request, who),
+                env=self._environment(method, inputs),
                 timeout_s=mc.timeout_s,
                 max_output_bytes=self.config.max_output_bytes,
                 cwd=str(self.state.store.directory),
@@ -197,9 +288,10 @@ class ScriptResource(ObservableGuardedResource):
                 raise BadRequest(f"payload cannot be turned into JSON: {exc}") from None
         return payload
 
-    def _environment(self, method: str, request: Message, who: Principal) -> dict[str, str]:
-        client = who.client
-        query = "&".join(urllib.parse.quote(q, safe="=") for q in request.opt.uri_query)
+    def _environment(self, method: str, inputs: ScriptInputs | None) -> dict[str, str]:
+        query = ""
+        if inputs is not None:
+            query = "&".join(urllib.parse.quote(q, safe="=") for q in inputs.query)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -207,11 +299,11 @@ class ScriptResource(ObservableGuardedResource):
             "COAPDEV_METHOD": method,
             "COAPDEV_PATH": self.config.path_text,
             "COAPDEV_QUERY": query,
-            "COAPDEV_CLIENT_ID": client.id if client else "",
-            "COAPDEV_CLIENT_NAME": client.name if client else "",
-            "COAPDEV_CLIENT_ROLE": client.role.value if client else "",
-            "COAPDEV_CONTENT_FORMAT": _format_number(request.opt.content_format),
-            "COAPDEV_ACCEPT": _format_number(request.opt.accept),
+            "COAPDEV_CLIENT_ID": inputs.client_id if inputs else "",
+            "COAPDEV_CLIENT_NAME": inputs.client_name if inputs else "",
+            "COAPDEV_CLIENT_ROLE": inputs.client_role if inputs else "",
+            "COAPDEV_CONTENT_FORMAT": _format_number(inputs.content_format if inputs else None),
+            "COAPDEV_ACCEPT": _format_number(inputs.accept if inputs else None),
             "COAPDEV_STATE_DIR": str(self.state.store.directory),
             "COAPDEV_DEVICE_ID": self.state.store.device.id,
         }
@@ -235,7 +327,7 @@ class ScriptResource(ObservableGuardedResource):
             raise NotAcceptable(f"{self.config.path_text} answers in content format {int(fmt)}")
         return Message(code=_SUCCESS[method], payload=payload, content_format=fmt)
 
-    # --- observation -----------------------------------------------------------------
+    # --- background observation work -----------------------------------------------------
 
     async def _observe_loop(self) -> None:
         observe = self.config.observe
@@ -251,41 +343,43 @@ class ScriptResource(ObservableGuardedResource):
             log.exception("observing %s failed", self.config.path_text)
 
     async def _poll(self, interval_s: float) -> None:
-        """Run the GET script every interval while observed; notify on change only.
+        """Run the GET script every interval while observed, once per set of inputs;
+        notify the observers of those inputs on change only.
 
         The first observer's own GET set the state, so polling starts one
         interval later.
         """
         while True:
             await asyncio.sleep(interval_s)
-            await self._refresh()
+            await self._refresh_all()
 
-    async def _refresh(self) -> None:
-        """Run the GET script once; notify observers if its output changed."""
-        mc = self.config.method_map["GET"]
-        try:
-            result = await run_script(
-                mc.argv,
-                stdin=b"",
-                env=self._environment("GET", Message(code=Code.GET), Principal("", None)),
-                timeout_s=mc.timeout_s,
-                max_output_bytes=self.config.max_output_bytes,
-                cwd=str(self.state.store.directory),
-            )
-        except ScriptFailure as failure:
-            log.warning("polling %s: %s", self.config.path_text, failure)
+    async def _refresh_all(self) -> None:
+        await asyncio.gather(*(self._refresh(key) for key in list(self._observed)))
+
+    async def _refresh(self, key: Hashable) -> None:
+        """Run the GET script once for one set of inputs; notify its observers on change."""
+        observed = self._observed.get(key)
+        if observed is None:
             return
-        self._latest = (result.stdout, time.monotonic())
+        try:
+            output = await self._shared_get(observed.inputs)
+        except Exception as exc:  # a refusal or failure of the script: logged where it happened
+            log.debug("polling %s: %s", self.config.path_text, exc)
+            return
+        observed = self._observed.get(key)
+        if observed is None:
+            return
+        observed.latest = (output, time.monotonic())
         # Compared with what observers were last told, after the run: two
         # refreshes racing each other (a poll and a PUT's) notify once.
-        if result.stdout != self._last_notified and self._observers:
-            self._last_notified = result.stdout
-            self.notify()
+        if output != observed.last_notified:
+            observed.last_notified = output
+            self.notify(key)
 
     async def _watch(self, argv: tuple[str, ...]) -> None:
         """Keep a watcher running while observed; each line it prints is the new state."""
         backoff_s = 0.5
-        env = self._environment("GET", Message(code=Code.GET), Principal("", None))
+        env = self._environment("GET", None)
         while True:
             started = time.monotonic()
             try:
@@ -316,13 +410,7 @@ class ScriptResource(ObservableGuardedResource):
                             break
                         if not line:
                             break
-                        state = line.rstrip(b"\r\n")
-                        self._latest = (state, time.monotonic())
-                        # Observers are told of a state they have not been served yet;
-                        # the very first line answers the observation's first GET.
-                        if self._last_notified is not None and state != self._last_notified:
-                            self._last_notified = state
-                            self.notify()
+                        self._new_watched_state(line.rstrip(b"\r\n"))
                 finally:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(proc.pid, signal.SIGKILL)
@@ -339,23 +427,34 @@ class ScriptResource(ObservableGuardedResource):
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 30.0)
 
+    def _new_watched_state(self, state: bytes) -> None:
+        self._watched = (state, time.monotonic())
+        observed = self._observed.get(_WATCHED)
+        # Observers are told of a state they have not been served yet; the
+        # very first line answers the observation's first GET.
+        if observed is not None and observed.last_notified is not None:
+            if state != observed.last_notified:
+                observed.last_notified = state
+                self.notify(_WATCHED)
+
     async def _watched_state(self, request: Message) -> Message:
         """GET of a watch-only resource: the watcher's latest line (waiting briefly for one)."""
         deadline = time.monotonic() + self.config.timeout_s
-        while self._latest is None and time.monotonic() < deadline:
+        while self._watched is None and time.monotonic() < deadline:
             if self._observer_task is None and not self._retired:
                 # Not observed yet: run the watcher for this request's sake.
                 self._observer_task = asyncio.get_running_loop().create_task(self._observe_loop())
             await asyncio.sleep(0.05)
-        if self._latest is None:
+        if self._watched is None:
             raise GatewayTimeout(f"{self.config.path_text} has no state yet")
-        output = self._latest[0]
-        if self._observers:
-            self._last_notified = output
-        if not self._observers and self._observer_task is not None:
+        output = self._watched[0]
+        observed = self._observed.get(_WATCHED)
+        if observed is not None:
+            observed.last_notified = output
+        elif self._observer_task is not None:
             self._observer_task.cancel()
             self._observer_task = None
-            self._latest = None
+            self._watched = None
         return self._response(request, output, "GET")
 
     def retire(self) -> None:
@@ -364,7 +463,6 @@ class ScriptResource(ObservableGuardedResource):
         if self._observer_task is not None:
             self._observer_task.cancel()
             self._observer_task = None
-        self.roles = {}
         self.notify()
 
 

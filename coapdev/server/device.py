@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from aiocoap import resource
 
 from ..audit import AuditLog
 from ..const import DEFAULT_COAPS_PORT
-from ..store import CredentialStore
+from ..store import Credential, CredentialStore
 from .dtls import DtlsServerOptions
 from .resources import DeviceSite, ServerState, build_site
 from .transport import DtlsTransport, start_transport
@@ -60,7 +61,7 @@ class DeviceServer:
         self.state = ServerState(
             store=store,
             audit=audit,
-            drop_sessions=self._drop_sessions,
+            close_sessions=self._close_sessions,
             max_observations_per_session=self.options.max_observations_per_session,
             max_uploads_per_resource=self.options.max_uploads_per_resource,
         )
@@ -68,6 +69,9 @@ class DeviceServer:
         self.site: DeviceSite = build_site(self.state, demo_light=demo)
         self.transport: DtlsTransport | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Whatever invalidates key material, here or in another process (found
+        # when the store reloads), ends the sessions it opened.
+        store.listeners.append(self._credentials_invalidated)
 
     def add_resource(self, path: tuple[str, ...], res: resource.Resource) -> None:
         self.site.add_resource(path, res)
@@ -84,7 +88,7 @@ class DeviceServer:
             self.site,
             self.options.host,
             self.options.port,
-            self.store.psk_for,
+            self.store.credential_for,
             kind=self.options.transport,
             options=self.options.dtls,
         )
@@ -100,6 +104,8 @@ class DeviceServer:
         )
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.store.listeners.remove(self._credentials_invalidated)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -114,36 +120,34 @@ class DeviceServer:
             await self.transport.shutdown()
             self.transport = None
 
-    def _drop_sessions(self, identities: object) -> int:
-        if self.transport is None:
+    def _close_sessions(self, credentials: Collection[Credential]) -> int:
+        if self.transport is None or not credentials:
             return 0
-        dropped = self.transport.drop_sessions(identities)  # type: ignore[arg-type]
-        if dropped:
-            log.info("closed %d live session(s) of removed identities", dropped)
-        return dropped
+        closed = self.transport.close_sessions(credentials)
+        if closed:
+            log.info("closed %d live session(s) whose key is no longer valid", closed)
+        return closed
 
-    def _identities(self) -> set[str]:
-        found = set()
-        for record in self.store.clients():
-            found.add(record.identity)
-            if record.pending is not None:
-                found.add(record.pending.identity)
-        return found
+    def _credentials_invalidated(self, credentials: frozenset[Credential]) -> None:
+        """Sessions opened with these keys end: right after the current callback, so
+        the answer to the request that revoked them (a client revoking itself)
+        still goes out first.  Until then every request on them is refused."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._close_sessions(credentials)
+            return
+        loop.call_soon(self._close_sessions, credentials)
 
     async def _follow_store(self) -> None:
         """Pick up changes other processes made (local revoke, pair, factory reset)."""
         while True:
             await asyncio.sleep(self.options.refresh_interval_s)
-            before = self._identities()
             try:
-                changed = self.store.refresh()
+                if self.store.refresh():
+                    log.info("state changed on disk; reloaded")
             except Exception as exc:
                 log.error("cannot reload %s: %s (keeping the loaded state)", self.store.path, exc)
-                continue
-            if changed:
-                gone = before - self._identities()
-                log.info("state changed on disk; %d identities removed", len(gone))
-                self._drop_sessions(gone)
 
     def _expiry_check_interval_s(self) -> float:
         options = self.options
@@ -163,9 +167,6 @@ class DeviceServer:
                     gone = self.store.expire_idle(self.options.expire_after_s, now=now)
                     if gone:
                         log.info("expired %d idle client(s)", len(gone))
-                        identities = [c.identity for c in gone]
-                        identities += [c.pending.identity for c in gone if c.pending]
-                        self._drop_sessions(identities)
                 self.store.flush()
             except Exception:
                 log.exception("store upkeep failed")

@@ -45,7 +45,9 @@ from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
 
 log = logging.getLogger("coapdev.dtls")
 
-PskLookup = Callable[[bytes], bytes | None]
+#: The key for a PSK identity and the claim (the credential) a session opened
+#: with it carries, or None for an unknown identity.
+PskLookup = Callable[[bytes], tuple[bytes, Any] | None]
 
 # tinydtls events and alert levels (tinydtls alert.h / dtls.h)
 _LEVEL_EVENT = 0
@@ -109,6 +111,8 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.phase = _Phase.HANDSHAKE
         self.identity: str | None = None
         self._pending_identity: bytes | None = None
+        #: The credential the key looked up for this handshake stands for.
+        self._pending_claim: Any = None
         self.started = now
         self.last_active = now
         #: The datagrams of the server's final flight, resent if it was lost.
@@ -119,7 +123,7 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.recent_exchanges: Any = None
         #: The client's ChangeCipherSpec was seen (so its Finished is decryptable).
         self.saw_ccs = False
-        self._claims: tuple[str, ...] = ()
+        self._claims: tuple[Any, ...] = ()
 
     # --- EndpointAddress ---
 
@@ -143,8 +147,13 @@ class DtlsPeer(interfaces.EndpointAddress):
         return "coaps://" + self.hostinfo_local
 
     @property
-    def authenticated_claims(self) -> tuple[str, ...]:
+    def authenticated_claims(self) -> tuple[Any, ...]:
+        """The credential this session was authenticated with (a one-element tuple)."""
         return self._claims
+
+    @property
+    def credential(self) -> Any:
+        return self._claims[0] if self._claims else None
 
     @property
     def blockwise_key(self) -> tuple:
@@ -177,18 +186,20 @@ class _PskStore:
 
     def _key(self, identity: object) -> bytes | None:
         transport = self._transport
+        key: bytes | None = None
+        claim: Any = None
         try:
-            if not isinstance(identity, bytes) or len(identity) > MAX_IDENTITY_BYTES:
-                key = None
-            else:
-                key = transport._lookup(identity)
+            if isinstance(identity, bytes) and len(identity) <= MAX_IDENTITY_BYTES:
+                found = transport._lookup(identity)
+                if found is not None:
+                    key, claim = found
             if key is not None and not 0 < len(key) <= MAX_PSK_BYTES:
                 log.error("refusing a stored key of %d bytes (at most %d)", len(key), MAX_PSK_BYTES)
-                key = None
+                key = claim = None
         except Exception:
             log.exception("key lookup failed")
-            key = None
-        transport._note_identity(identity if isinstance(identity, bytes) else b"", key is not None)
+            key = claim = None
+        transport._note_identity(identity if isinstance(identity, bytes) else b"", claim)
         return key
 
 
@@ -230,7 +241,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._recording_flight: list[bytes] | None = None
         self._plaintexts: list[bytes] = []
         self._events: list[tuple[int, int]] = []
-        self._asked_identity: tuple[bytes, bool] | None = None
+        #: The identity tinydtls last asked a key for, and its claim (None: unknown).
+        self._asked_identity: tuple[bytes, Any] | None = None
         self._retransmit_handle: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.Task[None] | None = None
         #: Hooks for rate limiting (see coapdev.ratelimit): admit a new
@@ -340,12 +352,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def connected_identities(self) -> list[str]:
         return [p.identity for p in self._peers.values() if p.identity is not None]
 
-    def drop_sessions(self, identities: Collection[str]) -> int:
-        """Close (close_notify) every session authenticated as one of ``identities``."""
-        wanted = set(identities)
-        victims = [p for p in self._peers.values() if p.identity in wanted]
+    def close_sessions(self, credentials: Collection[Any]) -> int:
+        """Close (close_notify) every session authenticated with one of ``credentials``."""
+        wanted = set(credentials)
+        victims = [p for p in self._peers.values() if p.credential in wanted]
         for peer in victims:
-            self._close_peer(peer, "identity revoked", notify=True)
+            self._close_peer(peer, "key no longer valid", notify=True)
         return len(victims)
 
     # --- the datagram path -----------------------------------------------------------
@@ -434,9 +446,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if peer is None:
             return
         if self._asked_identity is not None:
-            identity, known = self._asked_identity
+            identity, claim = self._asked_identity
             peer._pending_identity = identity
-            if not known:
+            peer._pending_claim = claim
+            if claim is None:
                 self.stats["handshake-unknown-identity"] += 1
                 self.handshake_failed(_host_of(addr), "unknown identity")
         for level, code in self._events:
@@ -444,7 +457,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 peer.phase = _Phase.CONNECTED
                 self._handshaking.pop(peer.key, None)
                 peer.identity = (peer._pending_identity or b"").decode("ascii", "replace")
-                peer._claims = (peer.identity,)
+                peer._claims = () if peer._pending_claim is None else (peer._pending_claim,)
                 peer.final_flight = flight or []
                 self.stats["handshakes"] += 1
             elif level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _ALERT_CLOSE_NOTIFY):
@@ -529,8 +542,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._events.append((level, code))
         return 0
 
-    def _note_identity(self, identity: bytes, known: bool) -> None:
-        self._asked_identity = (identity, known)
+    def _note_identity(self, identity: bytes, claim: Any) -> None:
+        self._asked_identity = (identity, claim)
 
     # --- sending ---------------------------------------------------------------------
 

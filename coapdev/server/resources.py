@@ -1,19 +1,22 @@
 """aiocoap resources: a thin shell around the store, onboarding and authorization.
 
-Every request is authenticated twice over: :class:`DeviceSite` refuses
-unknown and revoked identities and keeps the factory identity to the
-onboarding paths before any resource runs, and :class:`GuardedResource`
-re-checks the principal and its role on every render, which also covers each
-notification of an observation (so a revoked observer stops hearing).
+Every request, on the aiocoap path and on the fast path, and every
+notification of an observation, is admitted by one call,
+:meth:`ServerState.admit`, which asks :func:`coapdev.authz.decide` with the
+resource's :class:`~coapdev.authz.Policy`.  A resource's handlers then get
+the admitted principal; none of them decides access on its own.
+Observations register only on GET (RFC 7641); a PUT or POST carrying
+Observe runs once, as a plain request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,16 +47,18 @@ from ..errors import (
     NotAcceptable,
     PayloadError,
     RequestRefused,
+    StaleCredential,
+    Unauthorized,
     UnsupportedContentFormat,
 )
 from ..payload import decode, encode, parse_switch
-from ..store import ClientRecord, CredentialStore, Origin, Principal
+from ..store import ClientRecord, Credential, CredentialStore, Origin, Principal
 
 log = logging.getLogger("coapdev.server")
 request_log = logging.getLogger("coapdev.requests")
 
-ALL_ROLES: frozenset[Role] = frozenset(Role)
-ADMIN_ONLY: frozenset[Role] = frozenset({Role.ADMIN})
+ALL_ROLES = authz.ALL_ROLES
+ADMIN_ONLY = authz.ADMIN_ONLY
 
 
 @dataclass
@@ -65,8 +70,8 @@ class ServerState:
     firmware: str = __version__
     clock: Callable[[], float] = time.time
     started_monotonic: float = field(default_factory=time.monotonic)
-    #: Called with identities that must lose their live DTLS sessions now.
-    drop_sessions: Callable[[Collection[str]], object] = lambda identities: 0
+    #: Called with credentials whose live DTLS sessions must end now.
+    close_sessions: Callable[[Collection[Credential]], object] = lambda credentials: 0
     #: Optional check before onboarding (rate limits); raises RequestRefused.
     before_onboarding: Callable[[Message], None] | None = None
     #: Observations one DTLS session may hold; more are declined (served as plain GETs).
@@ -77,9 +82,77 @@ class ServerState:
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic
 
-    def identities_removed(self, identities: Collection[str]) -> None:
-        if identities:
-            self.drop_sessions(identities)
+    def admit(
+        self,
+        request: Any,
+        policy: authz.Policy | None,
+        operation: str | None = None,
+        *,
+        target: str | None = None,
+    ) -> Principal:
+        """The principal allowed to make ``request``, or the refusal (raised).
+
+        The one gate: every request and every notification passes here.  A
+        session whose key is no longer valid is closed as well; a closed
+        onboarding window is looked up on disk once more before refusing, so
+        a window opened by `coapdev-gateway pair` a moment ago counts.
+        """
+        credential = authz.credential_from_claims(request.remote.authenticated_claims)
+        operation = operation or str(request.code)
+        path = _path_text(request.opt.uri_path)
+
+        def decide() -> Principal:
+            return authz.decide(
+                self.store,
+                credential,
+                operation,
+                policy,
+                now=self.clock(),
+                target=target,
+                path=path,
+            )
+
+        try:
+            try:
+                principal = decide()
+            except authz.OnboardingClosed:
+                if not self.store.refresh():
+                    raise
+                principal = decide()
+        except StaleCredential:
+            assert credential is not None
+            self.close_sessions([credential])
+            self._audit_refusal("refused", request, path=path)
+            raise
+        except authz.OnboardingClosed:
+            self._audit_refusal("onboard-refused", request, reason="closed")
+            raise
+        except Unauthorized:
+            self._audit_refusal("refused", request, path=path)
+            raise
+        return self._note_seen(principal)
+
+    def _audit_refusal(self, event: str, request: Any, **details: Any) -> None:
+        if self.audit is not None:
+            self.audit.refusal(event, _source(request), **details)
+
+    def _note_seen(self, principal: Principal) -> Principal:
+        """Last seen; and a first request under a rotated key confirms the rotation."""
+        store = self.store
+        if principal.client is None:
+            return principal
+        if store.is_pending_identity(principal.identity):
+            record = store.confirm_rekey(principal.identity)
+            log.info("client %s (%s) rotated its key", record.name, record.id)
+            principal = Principal(principal.identity, record, principal.credential)
+        store.touch(principal.client, self.clock())  # type: ignore[arg-type]
+        return principal
+
+    def label_for(self, request: Any) -> str:
+        """Who sent ``request``, for the request log."""
+        credential = authz.credential_from_claims(request.remote.authenticated_claims)
+        principal = None if credential is None else self.store.principal_for(credential)
+        return "-" if principal is None else principal.label
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -201,60 +274,47 @@ def bound_block1(res: resource.Resource, max_bytes: int, max_uploads: int) -> No
 
 
 class DeviceSite(resource.Site):
-    """The root of the device: authenticates every request before dispatching it."""
+    """The root of the device: dispatches, logs, and answers for paths that do not exist."""
 
     def __init__(self, state: ServerState) -> None:
         super().__init__()
         self.state = state
 
-    def _admit(self, request: Any, started: float) -> Principal | Message:
-        """The principal of a request, or the refusal to send (already logged)."""
-        who = "-"
-        try:
-            principal = authz.authenticate(self.state.store, request.remote.authenticated_claims)
-            who = principal.label
-            authz.check_path(principal, tuple(request.opt.uri_path))
-            return self._note_seen(principal)
-        except RequestRefused as exc:
-            log_request(request, who, exc.code, started)
-            if self.state.audit is not None and isinstance(exc, authz.Unauthorized):
-                self.state.audit.refusal(
-                    "refused", _source(request), path=_path_text(request.opt.uri_path)
-                )
-            return refusal_message(exc)
-
     async def render_to_pipe(self, pipe: Any) -> None:
         started = time.perf_counter()
-        admitted = self._admit(pipe.request, started)
-        if isinstance(admitted, Message):
-            pipe.add_response(admitted, is_last=True)
-            return
-        logged = _LoggedPipe(pipe, admitted.label, started)
+        request = pipe.request
+        logged = _LoggedPipe(pipe, self.state.label_for(request), started)
         try:
             await super().render_to_pipe(logged)
+        except coap_error.NotFound:
+            # No resource here: clients learn that, the factory identity does not.
+            try:
+                self.state.admit(request, None)
+            except RequestRefused as exc:
+                logged.add_response(refusal_message(exc), is_last=True)
         except coap_error.RenderableError as exc:
-            response = exc.to_message()
-            logged.add_response(response, is_last=True)
+            logged.add_response(exc.to_message(), is_last=True)
 
     # --- the fast path (see coapdev.server.fastpath) ---
 
-    def fast_resource(self, path: tuple[str, ...]) -> resource.Resource | None:
+    def fast_resource(self, path: tuple[str, ...]) -> GuardedResource | None:
         """The resource at exactly ``path`` if it takes fast-path requests."""
         res = self._resources.get(path)
         return res if getattr(res, "fast_path", False) else None
 
     def render_fast(
-        self, res: resource.Resource, request: Any, reply: Callable[[Message], None]
+        self, res: GuardedResource, request: Any, reply: Callable[[Message], None]
     ) -> None:
-        """Admit and render a fast-path request; ``reply`` gets the response."""
+        """Admit and render a fast-path request; ``reply`` gets the response, always."""
         from .fastpath import run_to_completion
 
         started = time.perf_counter()
-        admitted = self._admit(request, started)
-        if isinstance(admitted, Message):
-            reply(admitted)
+        try:
+            principal = self.state.admit(request, res.policy)
+        except RequestRefused as exc:
+            log_request(request, self.state.label_for(request), exc.code, started)
+            reply(refusal_message(exc))
             return
-        who = admitted.label
 
         def done(response: Message | None, exc: BaseException | None) -> None:
             if exc is not None:
@@ -264,30 +324,18 @@ class DeviceSite(resource.Site):
                     log.error("rendering %s failed", _path_text(request.opt.uri_path), exc_info=exc)
                     response = Message(code=Code.INTERNAL_SERVER_ERROR)
             assert response is not None
-            log_request(request, who, response.code, started)
+            log_request(request, principal.label, response.code, started)
             reply(response)
 
-        run_to_completion(res.render(request), done)
-
-    def _note_seen(self, principal: Principal) -> Principal:
-        store = self.state.store
-        if principal.client is None:
-            return principal
-        if store.is_pending_identity(principal.identity):
-            old_identity = principal.client.identity
-            record = store.confirm_rekey(principal.identity)
-            log.info("client %s (%s) rotated its key", record.name, record.id)
-            self.state.identities_removed([old_identity])
-            principal = Principal(principal.identity, record)
-        store.touch(principal.client, self.state.clock())  # type: ignore[arg-type]
-        return principal
+        run_to_completion(res.render_admitted(request, principal), done)
 
     def get_resources_as_linkheader(self, role: Role | None = None) -> Any:
         from aiocoap.util.linkformat import Link, LinkFormat
 
         links = []
         for path, res in self._resources.items():
-            roles = getattr(res, "visible_to", ALL_ROLES)
+            policy = getattr(res, "policy", None)
+            roles = policy.visible_to if policy is not None else frozenset()
             if role is not None and role not in roles:
                 continue
             details = res.get_link_description() if hasattr(res, "get_link_description") else {}
@@ -309,109 +357,214 @@ def _source(request: Message) -> str:
 
 Handler = Callable[[Message, Principal], Awaitable[Message]]
 
+_DEFAULT_CODES = {"GET": Code.CONTENT, "DELETE": Code.DELETED, "POST": Code.CHANGED}
+#: Methods that may register an observation (RFC 7641 section 1.2; FETCH: RFC 8132).
+_OBSERVING_METHODS = frozenset({Code.GET, Code.FETCH})
+#: Observe option values are 24-bit sequence numbers.
+_OBSERVE_SEQUENCE_MODULO = 1 << 24
+
 
 class GuardedResource(resource.Resource):
-    """A resource whose handlers receive the authenticated principal.
+    """A resource whose handlers receive the principal that :meth:`ServerState.admit` let in.
 
-    ``roles`` maps a method name ("GET", "PUT", ...) to the roles allowed;
-    handlers are ``render_get(request, who)`` and so on.  Refusals raised as
-    :class:`RequestRefused` become CoAP error responses here.
+    ``policy`` says who may do what; handlers are ``render_get(request, who)``
+    and so on.  Refusals raised as :class:`RequestRefused` become CoAP error
+    responses here.
     """
 
-    roles: Mapping[str, frozenset[Role]] = {}
+    policy: authz.Policy = authz.Policy()
+    #: Whether GET with Observe registers an observation (see ObservableGuardedResource).
+    observable = False
 
     def __init__(self, state: ServerState) -> None:
         super().__init__()
         self.state = state
         bound_block1(self, BUILTIN_MAX_INPUT_BYTES, state.max_uploads_per_resource)
 
-    @property
-    def visible_to(self) -> frozenset[Role]:
-        visible: set[Role] = set()
-        for allowed in self.roles.values():
-            visible |= allowed
-        return frozenset(visible)
+    def target_of(self, request: Message) -> str | None:
+        """The client record a request addresses (for ``own_only`` rules)."""
+        return None
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        request = pipe.request
+        try:
+            principal = self.state.admit(request, self.policy, target=self.target_of(request))
+        except RequestRefused as exc:
+            pipe.add_response(refusal_message(exc), is_last=True)
+            return
+        if self.observable and request.opt.observe == 0 and request.code in _OBSERVING_METHODS:
+            await self._serve_observation(pipe, request, principal)  # type: ignore[attr-defined]
+            return
+        try:
+            response = await self._render_blockwise(request, principal)
+        except coap_error.RenderableError as exc:
+            response = exc.to_message()
+        pipe.add_response(response, is_last=True)
 
     async def render(self, request: Message) -> Message:
+        """aiocoap's entry for callers that bypass :meth:`render_to_pipe`: admitted too."""
+        try:
+            principal = self.state.admit(request, self.policy, target=self.target_of(request))
+        except RequestRefused as exc:
+            return refusal_message(exc)
+        return await self.render_admitted(request, principal)
+
+    async def _render_blockwise(self, request: Message, principal: Principal) -> Message:
+        """Block1 uploads assembled (bounded, see bound_block1), Block2 answers sliced."""
+        if not await self.needs_blockwise_assembly(request):
+            return await self.render_admitted(request, principal)
+        whole = self._block1.feed_and_take(request)
+        response = await self._block2.extract_or_insert(
+            whole, lambda: self.render_admitted(whole, principal)
+        )
+        response.opt.block1 = whole.opt.block1
+        return response
+
+    async def render_admitted(self, request: Message, principal: Principal) -> Message:
+        """Run the handler for the request's method; refusals become error responses."""
         method = str(request.code)
         handler: Handler | None = getattr(self, f"render_{method.lower()}", None)
         try:
-            principal = authz.authenticate(self.state.store, request.remote.authenticated_claims)
-            if handler is None or method not in self.roles:
+            if handler is None:
                 raise MethodNotAllowed(f"{method} is not supported here")
-            authz.require_role(principal, self.roles[method])
             response = await handler(request, principal)
         except RequestRefused as exc:
             return refusal_message(exc)
         except PayloadError as exc:
             return refusal_message(BadRequest(str(exc)))
         if response.code is None:
-            response.code = {
-                "GET": Code.CONTENT,
-                "DELETE": Code.DELETED,
-                "POST": Code.CHANGED,
-            }.get(method, Code.CHANGED)
+            response.code = _DEFAULT_CODES.get(method, Code.CHANGED)
         return response
 
 
-class ObservableGuardedResource(GuardedResource, resource.ObservableResource):
-    """Observable; notifications are re-rendered per observer, so re-authorized."""
+class Observation:
+    """One registered observer: its request, and the inputs its notifications depend on."""
 
-    async def add_observation(self, request: Message, serverobservation: Any) -> None:
-        """Accept an observation unless its session already holds its maximum.
+    __slots__ = ("changed", "key", "principal", "request")
 
-        A declined observation is not an error: the client gets the current
-        state without an Observe option (RFC 7641, 4.1), and knows.
-        """
-        remote = request.remote
+    def __init__(self, request: Message, principal: Principal, key: Hashable) -> None:
+        self.request = request
+        self.principal = principal
+        self.key = key
+        self.changed = asyncio.Event()
+
+
+class ObservableGuardedResource(GuardedResource):
+    """Observable with GET.  Each notification is admitted again and rendered for
+    its own observer's request, so a revoked observer stops hearing and nobody
+    is told what was computed for someone else.
+
+    Subclasses say what a notification depends on (:meth:`observation_key`)
+    and call :meth:`notify` (all observers, or those of one key).
+    """
+
+    observable = True
+
+    def __init__(self, state: ServerState) -> None:
+        super().__init__(state)
+        self.observations: set[Observation] = set()
+
+    def observation_key(self, request: Message, principal: Principal) -> Hashable:
+        """What the state an observer is told depends on (built-ins: nothing)."""
+        return None
+
+    def get_link_description(self) -> dict[str, Any] | None:
+        links = super().get_link_description()
+        if links is not None and self.observable:
+            links["obs"] = None
+        return links
+
+    def notify(self, key: Hashable = ..., /) -> None:
+        """Observers (of ``key``, or all) get a notification, rendered for each."""
+        for observation in list(self.observations):
+            if key is ... or observation.key == key:
+                observation.changed.set()
+
+    def observation_added(self, observation: Observation) -> None:
+        """Hook: an observation was registered."""
+
+    def observation_removed(self, observation: Observation) -> None:
+        """Hook: an observation ended (cancelled, refused, or its session closed)."""
+
+    def _session_has_room(self, remote: Any) -> bool:
         held = getattr(remote, "observations", 0)
         if held >= self.state.max_observations_per_session:
-            log.info("declining an observation from %s: %d held", _source(request), held)
+            log.debug("declining an observation from %s: %d held", _source_of(remote), held)
+            return False
+        return True
+
+    async def _serve_observation(self, pipe: Any, request: Message, principal: Principal) -> None:
+        remote = request.remote
+        if not self._session_has_room(remote):
+            # Declined: the current state without Observe (RFC 7641 4.1); the client knows.
+            pipe.add_response(await self.render_admitted(request, principal), is_last=True)
             return
-        remote.observations = held + 1
-        self._observations.add(serverobservation)
+        observation = Observation(request, principal, self.observation_key(request, principal))
+        with contextlib.suppress(AttributeError):
+            remote.observations = getattr(remote, "observations", 0) + 1
+        self.observations.add(observation)
+        self.observation_added(observation)
+        try:
+            first = await self.render_admitted(request, principal)
+            if not first.code.is_successful():
+                pipe.add_response(first, is_last=True)
+                return
+            first.opt.observe = sequence = 0
+            pipe.add_response(first, is_last=False)
+            while True:
+                await observation.changed.wait()
+                observation.changed.clear()
+                try:
+                    principal = self.state.admit(request, self.policy, "GET")
+                except RequestRefused as exc:
+                    pipe.add_response(refusal_message(exc), is_last=True)
+                    return
+                observation.principal = principal
+                response = await self.render_admitted(request, principal)
+                if not response.code.is_successful():
+                    pipe.add_response(response, is_last=True)
+                    return
+                sequence = (sequence + 1) % _OBSERVE_SEQUENCE_MODULO
+                response.opt.observe = sequence
+                pipe.add_response(response, is_last=False)
+        finally:
+            self.observations.discard(observation)
+            with contextlib.suppress(AttributeError):
+                remote.observations = max(0, remote.observations - 1)
+            self.observation_removed(observation)
 
-        def cancelled() -> None:
-            self._observations.discard(serverobservation)
-            remote.observations = max(0, remote.observations - 1)
-            self.update_observation_count(len(self._observations))
 
-        serverobservation.accept(cancelled)
-        self.update_observation_count(len(self._observations))
-
-    def notify(self) -> None:
-        self.updated_state()
+def _source_of(remote: Any) -> str:
+    try:
+        return str(remote.hostinfo)
+    except Exception:
+        return "?"
 
 
 # --- built-in resources ----------------------------------------------------------------------
 
 
-class OnboardingResource(resource.Resource):
+class OnboardingResource(GuardedResource):
     """POST a name with the factory key; get a minted identity and key back."""
 
     rt = "coapdev.onboard"
     fast_path = True
+    #: The factory identity while the window is open, and admins at any time.
+    policy = authz.Policy({"POST": authz.Rule(ADMIN_ONLY, factory=True)})
 
     def __init__(self, state: ServerState) -> None:
-        super().__init__()
-        self.state = state
+        super().__init__(state)
         bound_block1(self, onboarding.MAX_ONBOARD_PAYLOAD, state.max_uploads_per_resource)
 
     def get_link_description(self) -> dict[str, str] | None:
         return None  # not for clients' eyes in /.well-known/core
 
-    async def render_post(self, request: Message) -> Message:
-        """Who may onboard is checked here; what is minted, by :meth:`mint`."""
-        state = self.state
-        try:
-            principal = authz.authenticate(state.store, request.remote.authenticated_claims)
-            now = state.clock()
-            self._check(request, principal, now)
-            return self.mint(request, now)
-        except RequestRefused as exc:
-            return refusal_message(exc)
+    async def render_post(self, request: Message, who: Principal) -> Message:
+        if self.state.before_onboarding is not None:
+            self.state.before_onboarding(request)
+        return self.mint(request, who, self.state.clock())
 
-    def mint(self, request: Message, now: float) -> Message:
+    def mint(self, request: Message, who: Principal, now: float) -> Message:
         """The native exchange (CBOR, or JSON with a text key)."""
         state = self.state
         parsed = onboarding.parse_onboard_request(request.payload, request.opt.content_format)
@@ -422,7 +575,7 @@ class OnboardingResource(resource.Resource):
             parsed = onboarding.OnboardRequest(parsed.name, onboarding.KeyFormat.TEXT)
         if as_json and parsed.key_format is onboarding.KeyFormat.BYTES:
             raise BadRequest('a bytes key cannot travel in JSON; ask for "key-format": "text"')
-        record = onboarding.onboard(state.store, parsed, now=now)
+        record = onboarding.onboard(state.store, parsed, now=now, actor=who.credential)
         log.info(
             "onboarded client %s (%s) as %s from %s",
             record.name,
@@ -433,16 +586,6 @@ class OnboardingResource(resource.Resource):
         body = onboarding.onboard_response(record, state.store.device.id)
         fmt = ContentFormat.JSON if as_json else ContentFormat.CBOR
         return Message(code=Code.CREATED, payload=encode(body, fmt), content_format=fmt)
-
-    def _check(self, request: Message, principal: Principal, now: float) -> None:
-        if self.state.before_onboarding is not None:
-            self.state.before_onboarding(request)
-        try:
-            onboarding.check_onboarding_allowed(self.state.store, principal, now)
-        except RequestRefused:
-            if self.state.audit is not None:
-                self.state.audit.refusal("onboard-refused", _source(request), reason="closed")
-            raise
 
 
 def _raw_keys(request: Message) -> Collection[str]:
@@ -456,9 +599,11 @@ def _raw_keys(request: Message) -> Collection[str]:
 class TradfriOnboardingResource(OnboardingResource):
     """POST /15011/9063 ``{"9090": identity}`` → ``{"9091": psk, "9029": firmware}``."""
 
-    def mint(self, request: Message, now: float) -> Message:
+    def mint(self, request: Message, who: Principal, now: float) -> Message:
         identity = onboarding.parse_tradfri_request(request.payload)
-        record = onboarding.tradfri_onboard(self.state.store, identity, now=now)
+        record = onboarding.tradfri_onboard(
+            self.state.store, identity, now=now, actor=who.credential
+        )
         log.info("onboarded Tradfri-style client %s from %s", record.id, _source(request))
         return Message(
             code=Code.CREATED,
@@ -471,7 +616,7 @@ class DeviceInfoResource(GuardedResource):
     rt = "coapdev.device"
     fast_path = True
     ct = f"{ContentFormat.CBOR:d} {ContentFormat.JSON:d}"
-    roles = {"GET": ALL_ROLES}
+    policy = authz.Policy.of(GET=ALL_ROLES)
 
     async def render_get(self, request: Message, who: Principal) -> Message:
         device = self.state.store.device
@@ -492,7 +637,7 @@ class WellKnownCoreResource(GuardedResource):
     """Link format of the resources the asking client's role can use."""
 
     ct = f"{ContentFormat.LINK_FORMAT:d}"
-    roles = {"GET": ALL_ROLES}
+    policy = authz.Policy.of(GET=ALL_ROLES)
 
     def __init__(self, state: ServerState, site: DeviceSite) -> None:
         super().__init__(state)
@@ -511,7 +656,7 @@ class ClientsResource(GuardedResource):
 
     rt = "coapdev.clients"
     ct = f"{ContentFormat.CBOR:d} {ContentFormat.JSON:d}"
-    roles = {"GET": ADMIN_ONLY}
+    policy = authz.Policy.of(GET=ADMIN_ONLY)
 
     async def render_get(self, request: Message, who: Principal) -> Message:
         me = who.client.id if who.client else None
@@ -520,53 +665,63 @@ class ClientsResource(GuardedResource):
         return value_response(request, listing, who=who)
 
 
+_OWN_OR_ADMIN = authz.Rule(ALL_ROLES, own_only=frozenset({Role.USER}))
+
+
 class ClientItemResource(GuardedResource, resource.PathCapable):
-    """/clients/ID: GET (admin or self), PUT name/role (admin; self may rename), DELETE (revoke)."""
+    """/clients/ID: GET (admin or self), PUT name (admin or self) or role (admin),
+    DELETE (revoke; admin or self).  A user gets the same answer for another
+    client's record and for one that does not exist."""
 
-    roles = {"GET": ALL_ROLES, "PUT": ALL_ROLES, "DELETE": ALL_ROLES}
+    policy = authz.Policy(
+        {
+            "GET": _OWN_OR_ADMIN,
+            "PUT": _OWN_OR_ADMIN,
+            "DELETE": _OWN_OR_ADMIN,
+            "PUT role": authz.Rule(ADMIN_ONLY),
+        }
+    )
 
-    @property
-    def visible_to(self) -> frozenset[Role]:
-        return ADMIN_ONLY
+    def target_of(self, request: Message) -> str | None:
+        path = request.opt.uri_path
+        return path[0] if len(path) == 1 and path[0] else None
 
     def _target(self, request: Message) -> ClientRecord:
-        path = request.opt.uri_path
-        if len(path) != 1 or not path[0]:
+        ref = self.target_of(request)
+        if ref is None:
             raise BadRequest("address one client as /clients/ID")
-        return self.state.store.find_client(path[0])
+        return self.state.store.find_client(ref)
 
     async def render_get(self, request: Message, who: Principal) -> Message:
-        target = self._target(request)
-        authz.require_admin_or_self(who, target)
-        return value_response(request, target.public(), who=who)
+        return value_response(request, self._target(request).public(), who=who)
 
     async def render_put(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
-        actor = authz.require_admin_or_self(who, target)
         body = request_value(request)
         if not isinstance(body, dict) or not body.keys() <= {Key.NAME.value, Key.ROLE.value}:
             raise BadRequest('send a map with "name" and/or "role"')
         store = self.state.store
+        actor = who.client.id if who.client else "?"
         if Key.ROLE.value in body:
-            authz.require_role(who, ADMIN_ONLY)
+            self.state.admit(request, self.policy, "PUT role")
             try:
                 role = Role(body[Key.ROLE.value])
             except ValueError:
                 raise BadRequest(
                     f"role must be one of {', '.join(r.value for r in Role)}"
                 ) from None
-            target = store.set_role(target.id, role, by=actor.id)
+            target = store.set_role(target.id, role, by=actor, actor=who.credential)
         if Key.NAME.value in body:
-            target = store.rename(target.id, body[Key.NAME.value], by=actor.id)
+            target = store.rename(target.id, body[Key.NAME.value], by=actor, actor=who.credential)
         return value_response(request, target.public(), Code.CHANGED, who)
 
     async def render_delete(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
-        actor = authz.require_admin_or_self(who, target)
-        gone = [target.identity] + ([target.pending.identity] if target.pending else [])
-        self.state.store.revoke(target.id, by=actor.id)
-        log.info("revoked client %s (%s) by %s", target.name, target.id, actor.name)
-        self.state.identities_removed(gone)
+        actor = who.client.name if who.client else "?"
+        self.state.store.revoke(
+            target.id, by=who.client.id if who.client else "?", actor=who.credential
+        )
+        log.info("revoked client %s (%s) by %s", target.name, target.id, actor)
         return Message(code=Code.DELETED)
 
 
@@ -575,11 +730,14 @@ class RekeyResource(GuardedResource):
 
     rt = "coapdev.rekey"
     fast_path = True
-    roles = {"POST": ALL_ROLES}
+    policy = authz.Policy.of(POST=ALL_ROLES)
 
     async def render_post(self, request: Message, who: Principal) -> Message:
-        client = authz.require_client(who)
-        pending = self.state.store.begin_rekey(client.id, now=self.state.clock())
+        client = who.client
+        assert client is not None  # the policy admits no factory identity here
+        pending = self.state.store.begin_rekey(
+            client.id, now=self.state.clock(), actor=who.credential
+        )
         body = {
             Key.IDENTITY.value: pending.identity,
             Key.PSK.value: client.key_for_wire(pending.key),
@@ -599,7 +757,7 @@ class LightResource(ObservableGuardedResource):
     rt = "coapdev.light"
     fast_path = True
     ct = f"{ContentFormat.CBOR:d} {ContentFormat.JSON:d}"
-    roles = {"GET": ALL_ROLES, "PUT": ALL_ROLES, "POST": ALL_ROLES}
+    policy = authz.Policy.of(GET=ALL_ROLES, PUT=ALL_ROLES, POST=ALL_ROLES)
 
     def __init__(self, state: ServerState, state_file: Path) -> None:
         super().__init__(state)

@@ -20,7 +20,8 @@ from aiocoap.credentials import CredentialsMap
 
 from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
 
-PskLookup = Callable[[bytes], bytes | None]
+#: The key for a PSK identity and the credential it stands for, or None.
+PskLookup = Callable[[bytes], tuple[bytes, Any] | None]
 
 #: Large enough that bursts of hundreds of handshakes are not dropped.
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -35,8 +36,8 @@ class DtlsTransport(Protocol):
     host: str
     port: int
 
-    def drop_sessions(self, identities: Collection[str]) -> int:
-        """Close live sessions authenticated as any of ``identities``; returns how many."""
+    def close_sessions(self, credentials: Collection[Any]) -> int:
+        """Close live sessions authenticated with any of ``credentials``; returns how many."""
         ...
 
     async def shutdown(self) -> None: ...
@@ -46,7 +47,8 @@ class StoreCredentials(CredentialsMap):
     """Server credentials read from the credential store: O(1) per lookup.
 
     aiocoap's own ``find_dtls_psk`` scans every entry; this asks the store's
-    dict.  The claim handed up with a request is the identity as text.
+    dict.  The claim handed up with a request is the credential the key
+    stands for (see :class:`coapdev.store.Credential`).
     """
 
     def __init__(self, lookup: PskLookup) -> None:
@@ -57,13 +59,13 @@ class StoreCredentials(CredentialsMap):
         # aiocoap swaps a falsy (empty) map for a fresh one of its own.
         return True
 
-    def find_dtls_psk(self, identity: bytes) -> tuple[bytes, str]:
+    def find_dtls_psk(self, identity: bytes) -> tuple[bytes, Any]:
         if len(identity) > MAX_IDENTITY_BYTES:
             raise KeyError(identity)
-        key = self._lookup(identity)
-        if key is None or not 0 < len(key) <= MAX_PSK_BYTES:
+        found = self._lookup(identity)
+        if found is None or not 0 < len(found[0]) <= MAX_PSK_BYTES:
             raise KeyError(identity)
-        return key, identity.decode("ascii")
+        return found
 
 
 @dataclass
@@ -114,16 +116,17 @@ class StockTransport:
         transport = getattr(pool, "_transport", None)
         return None if transport is None else transport.get_extra_info("socket")
 
-    def drop_sessions(self, identities: Collection[str]) -> int:
+    def close_sessions(self, credentials: Collection[Any]) -> int:
         pool = self._pool()
-        if pool is None or not identities:
+        if pool is None or not credentials:
             return 0
         from aiocoap.error import LibraryShutdown
 
+        wanted = set(credentials)
         dropped = 0
         for address in list(pool._connections.values()):
-            if address._psk_store._claims in identities:
-                address._inject_error(LibraryShutdown("identity revoked"))
+            if address._psk_store._claims in wanted:
+                address._inject_error(LibraryShutdown("key no longer valid"))
                 dropped += 1
         return dropped
 
@@ -160,8 +163,8 @@ class OwnTransport:
         await context._append_tokenmanaged_messagemanaged_transport(make)
         return cls(context=context, host=host, port=made[0].port, dtls=made[0])
 
-    def drop_sessions(self, identities: Collection[str]) -> int:
-        return self.dtls.drop_sessions(identities)
+    def close_sessions(self, credentials: Collection[Any]) -> int:
+        return self.dtls.close_sessions(credentials)
 
     async def shutdown(self) -> None:
         await self.context.shutdown()

@@ -4,9 +4,9 @@ import cbor2
 import pytest
 
 from coapdev import onboarding
-from coapdev.const import FACTORY_IDENTITY, ContentFormat, KeyFormat, Role
-from coapdev.errors import BadRequest, Conflict, Forbidden, UnsupportedContentFormat
-from coapdev.store import CredentialStore, Origin, Principal
+from coapdev.const import FACTORY_IDENTITY, ContentFormat, KeyFormat
+from coapdev.errors import BadRequest, Conflict, UnsupportedContentFormat
+from coapdev.store import CredentialStore, Origin
 
 NOW = 1_800_000_000.0
 
@@ -24,7 +24,6 @@ def factory(store):
 
 def test_native_exchange_mints_persists_and_answers(store, tmp_path):
     req = onboarding.parse_onboard_request(cbor2.dumps({"name": "laptop"}), ContentFormat.CBOR)
-    onboarding.check_onboarding_allowed(store, factory(store), NOW)
     record = onboarding.onboard(store, req, now=NOW)
     # persisted before anything is answered
     reopened = CredentialStore.open(tmp_path / "state")
@@ -71,22 +70,6 @@ def test_bad_requests_are_refused_with_a_reason(payload, fmt, error):
     with pytest.raises(error) as info:
         onboarding.parse_onboard_request(payload, fmt)
     assert info.value.message
-
-
-def test_window_closed_is_forbidden_with_how_to_open(store):
-    store.open_onboarding(0, now=NOW)
-    with pytest.raises(Forbidden, match="coapdev-gateway pair"):
-        onboarding.check_onboarding_allowed(store, factory(store), NOW)
-
-
-def test_admin_may_mint_anytime_users_may_not(store):
-    store.open_onboarding(0, now=NOW)
-    admin = store.mint_client("a", now=NOW)
-    user = store.mint_client("u", now=NOW)
-    assert admin.role is Role.ADMIN
-    onboarding.check_onboarding_allowed(store, Principal(admin.identity, admin), NOW)
-    with pytest.raises(Forbidden):
-        onboarding.check_onboarding_allowed(store, Principal(user.identity, user), NOW)
 
 
 def test_tradfri_exchange(store):

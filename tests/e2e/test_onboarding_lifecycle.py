@@ -257,7 +257,7 @@ def test_local_revoke_and_rename_while_running(gateway, run):
                 await dev.get("/light")
 
     run(scenario())
-    assert "identities removed" in gateway.log()
+    assert "closed 1 live session(s) whose key is no longer valid" in gateway.log()
 
 
 def test_idle_clients_expire(gateway_factory, tmp_path, run):

@@ -36,7 +36,14 @@ from coapdev.errors import (
     RequestRefused,
 )
 from coapdev.registry import DeviceRegistry
-from coapdev.store import CredentialStore, StoreLimits, parse_state, read_state, replay_journal
+from coapdev.store import (
+    CredentialStore,
+    StoreLimits,
+    parse_snapshot,
+    parse_state,
+    read_state,
+    replay_journal,
+)
 from gateway.config import default_config_text, parse_config
 
 # --- strategies ---------------------------------------------------------------------
@@ -228,10 +235,10 @@ def test_tradfri_onboard_request(data):
 
 
 class _Remote:
-    """Stands in for a DTLS peer: the identity the handshake authenticated."""
+    """Stands in for a DTLS peer: the credential the handshake authenticated."""
 
-    def __init__(self, identity: str) -> None:
-        self.authenticated_claims = (identity,)
+    def __init__(self, credential: object) -> None:
+        self.authenticated_claims = (credential,)
         self.hostinfo = "127.0.0.1:1"
 
 
@@ -301,7 +308,7 @@ def test_admin_and_device_payloads(device, request_, who, body, fmt, accept, ext
         request.opt.content_format = fmt
     if accept is not None:
         request.opt.accept = accept
-    request.remote = _Remote(identity)
+    request.remote = _Remote(store.current_credential(identity))
 
     async def render():
         resource = site._resources.get(path) or site._resources.get(path[:1])
@@ -514,7 +521,7 @@ def journal_file(tmp_path_factory) -> tuple[Path, bytes]:
     store.touch(store.client(laptop.id), 100.0)
     store.flush()
     store.open_onboarding(None, now=5.0)
-    store.revoke(laptop.id)
+    store.revoke(laptop.id, force=True)
     return store.path, store.journal_path.read_bytes()
 
 
@@ -549,11 +556,10 @@ def test_journal_bytes(journal_file, data):
     snapshot, raw = journal_file
     path = snapshot.with_name("credentials.journal")
     blob = data.draw(mutated(st.just(raw)) | st.binary(max_size=200))
-    device, clients = parse_state(snapshot.read_bytes(), snapshot)
 
     def replay(blob: bytes):
-        generation = json.loads(snapshot.read_bytes())["journal"]
-        return replay_journal(device, clients, generation, blob.split(b"\n"), path)
+        content = parse_snapshot(snapshot.read_bytes(), snapshot)
+        return replay_journal(content, blob.split(b"\n"), path)
 
     ok, error = feed("store.replay_journal", replay, blob, allowed=(CorruptStateFile,))
     if not ok:
