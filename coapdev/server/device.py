@@ -14,6 +14,7 @@ from aiocoap import resource
 
 from ..audit import AuditLog
 from ..const import DEFAULT_COAPS_PORT
+from ..errors import StateWriteError
 from ..store import Credential, CredentialStore
 from .dtls import DtlsServerOptions
 from .resources import DeviceSite, ServerState, build_site
@@ -114,6 +115,8 @@ class DeviceServer:
         self._tasks = []
         try:
             self.store.flush()
+        except StateWriteError as exc:
+            log.warning("could not write last-seen times: %s (%s)", exc.message, exc.detail)
         except Exception:  # never let a flush failure keep the device from stopping
             log.exception("could not write last-seen times")
         if self.transport is not None:
@@ -168,6 +171,8 @@ class DeviceServer:
                     if gone:
                         log.info("expired %d idle client(s)", len(gone))
                 self.store.flush()
+            except StateWriteError as exc:
+                log.warning("store upkeep postponed: %s (%s)", exc.message, exc.detail)
             except Exception:
                 log.exception("store upkeep failed")
 

@@ -494,11 +494,13 @@ class DtlsServerTransport(interfaces.MessageInterface):
         for plaintext in plaintexts:
             if fast is not None:
                 try:
-                    if fast.handle(peer, plaintext):
-                        self.stats["requests-fast"] += 1
-                        continue
-                except Exception:
+                    taken = fast.handle(peer, plaintext)
+                except Exception:  # never handed on: aiocoap would run it a second time
                     log.exception("fast path failed on a request from %s", peer.hostinfo)
+                    continue
+                if taken:
+                    self.stats["requests-fast"] += 1
+                    continue
             try:
                 message = Message.decode(plaintext, remote=peer)
             except (coap_error.UnparsableMessage, ValueError, IndexError):

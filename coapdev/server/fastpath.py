@@ -154,9 +154,15 @@ def parse_request(data: bytes, remote: Any) -> FastRequest | None:
             elif number == _OPT_URI_QUERY:
                 query.append(value.decode("utf-8"))
             elif number == _OPT_CONTENT_FORMAT:
+                if opt.content_format is not None:
+                    return None  # repeated: what wins is aiocoap's (and RFC 7252 5.4.5's) call
                 opt.content_format = int.from_bytes(value, "big")
             elif number == _OPT_ACCEPT:
+                if opt.accept is not None:
+                    return None
                 opt.accept = int.from_bytes(value, "big")
+            elif number == _OPT_URI_HOST:
+                value.decode("utf-8")  # not used here, but a request aiocoap could not read
     except (IndexError, UnicodeDecodeError):
         return None
     opt.uri_path = tuple(path)
@@ -182,32 +188,49 @@ class FastPath:
         self.site = site
         self.next_mid = next_mid
         self.served = 0
+        #: Accepted requests whose serving raised (each answered 5.00).
+        self.failed = 0
 
     def handle(self, peer: Any, data: bytes) -> bool:
-        """Serve ``data`` if it is a simple request; False leaves it to aiocoap."""
+        """Serve ``data`` if it is a simple request; False leaves it to aiocoap.
+
+        Deciding "is this mine" comes first and does nothing; once a request
+        is accepted, every outcome, an internal error included (5.00), is
+        answered here: it is never handed on to aiocoap, which would run it a
+        second time.
+        """
         request = parse_request(data, peer)
         if request is None:
             return False
         resource = self.site.fast_resource(request.opt.uri_path)
         if resource is None:
             return False
+        key = (request.mtype, request.mid)
+        try:
+            self._serve(peer, request, resource, key)
+        except Exception:
+            self.failed += 1
+            log.error("serving %s failed", "/".join(request.opt.uri_path), exc_info=True)
+            with contextlib.suppress(Exception):
+                self._answer(peer, request, key, Message(code=Code.INTERNAL_SERVER_ERROR))
+        return True
+
+    def _serve(self, peer: Any, request: FastRequest, resource: Any, key: tuple) -> None:
         recent = peer.recent_exchanges
         if recent is None:
             recent = peer.recent_exchanges = OrderedDict()
-        key = (request.mtype, request.mid)
         cached = recent.get(key)
         if cached is not None:
             answered, answer = cached
             if answer is not None and time.monotonic() - answered < EXCHANGE_LIFETIME_S:
                 peer.send(answer)  # a retransmission: the same answer, not executed again
-            return True
+            return
         recent[key] = (time.monotonic(), None)  # in progress: drop retransmissions meanwhile
         while len(recent) > DEDUP_PER_SESSION:
             recent.popitem(last=False)
         self.site.render_fast(
             resource, request, lambda response: self._answer(peer, request, key, response)
         )
-        return True
 
     def _answer(
         self, peer: Any, request: FastRequest, key: tuple, response: Message | None
@@ -225,6 +248,8 @@ class FastPath:
         mid = request.mid if request.mtype == _CON else self.next_mid()
         answer = encode_response(request, response, mid)
         if recent is not None and key in recent:
+            if recent[key][1] is not None:
+                return  # answered already (an error after the answer went out)
             recent[key] = (time.monotonic(), answer)
         self.served += 1
         peer.send(answer)

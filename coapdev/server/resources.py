@@ -48,6 +48,7 @@ from ..errors import (
     PayloadError,
     RequestRefused,
     StaleCredential,
+    StateWriteError,
     Unauthorized,
     UnsupportedContentFormat,
 )
@@ -324,8 +325,8 @@ class DeviceSite(resource.Site):
                     log.error("rendering %s failed", _path_text(request.opt.uri_path), exc_info=exc)
                     response = Message(code=Code.INTERNAL_SERVER_ERROR)
             assert response is not None
+            reply(response)  # first: nothing after the handler may keep the answer back
             log_request(request, principal.label, response.code, started)
-            reply(response)
 
         run_to_completion(res.render_admitted(request, principal), done)
 
@@ -428,6 +429,9 @@ class GuardedResource(resource.Resource):
             if handler is None:
                 raise MethodNotAllowed(f"{method} is not supported here")
             response = await handler(request, principal)
+        except StateWriteError as exc:
+            _log_write_failure(exc)
+            return refusal_message(exc)
         except RequestRefused as exc:
             return refusal_message(exc)
         except PayloadError as exc:
@@ -435,6 +439,20 @@ class GuardedResource(resource.Resource):
         if response.code is None:
             response.code = _DEFAULT_CODES.get(method, Code.CHANGED)
         return response
+
+
+_write_failures_logged: dict[str, float] = {}
+#: One line per kind of storage failure per this many seconds, however many requests fail.
+WRITE_FAILURE_LOG_INTERVAL_S = 60.0
+
+
+def _log_write_failure(exc: StateWriteError) -> None:
+    now = time.monotonic()
+    if now - _write_failures_logged.get(exc.message, -WRITE_FAILURE_LOG_INTERVAL_S) >= (
+        WRITE_FAILURE_LOG_INTERVAL_S
+    ):
+        _write_failures_logged[exc.message] = now
+        log.error("change refused, %s: %s (reads are still served)", exc.message, exc.detail)
 
 
 class Observation:

@@ -386,3 +386,168 @@ def test_the_last_admin_is_neither_revoked_nor_demoted_unless_forced(store):
         store.revoke(user.id)
     store.revoke(user.id, force=True)
     assert not any(c.role is Role.ADMIN for c in store.clients())
+
+
+# --- the store is never ahead of its disk -------------------------------------------
+
+
+def _failing(errno_, after_bytes=0):
+    """A write_all that writes ``after_bytes`` of the data, then fails like a full disk."""
+    import errno as errno_module
+
+    def write_all(fd, data):
+        if after_bytes:
+            os.write(fd, data[:after_bytes])
+        raise OSError(errno_, os.strerror(errno_))
+
+    assert errno_ in (errno_module.ENOSPC, errno_module.EIO, errno_module.EROFS)
+    return write_all
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EIO", "EROFS"])
+@pytest.mark.parametrize("written", [0, 10])
+def test_a_change_that_cannot_be_written_changes_nothing(
+    tmp_path, monkeypatch, errno_name, written
+):
+    import errno
+
+    import coapdev.store as store_module
+    from coapdev.errors import StateWriteError
+
+    directory = tmp_path / "state"
+    store = CredentialStore.open(directory, now=NOW)
+    admin = store.mint_client("owner", now=NOW)
+    phone = store.mint_client("stolen-phone", now=NOW)
+    journal_before = store.journal_path.read_bytes()
+    monkeypatch.setattr(store_module, "write_all", _failing(getattr(errno, errno_name), written))
+    with pytest.raises(StateWriteError) as info:
+        store.revoke(phone.id)
+    assert info.value.code == "5.03"
+    expected = {"ENOSPC": "state directory full", "EIO": "I/O error", "EROFS": "read-only"}
+    assert expected[errno_name] in info.value.message
+    # Memory is as acknowledged: the phone is still there, and so is its key.
+    assert store.find_client("stolen-phone").id == phone.id
+    assert store.psk_for(phone.identity.encode()) == phone.key
+    assert store.journal_path.read_bytes() == journal_before  # cut back to where it was
+    monkeypatch.undo()
+    # The retry works and is journalled; a later change journals only itself.
+    store.revoke(phone.id)
+    store.rename(admin.id, "boss")
+    reopened = CredentialStore.open(directory)
+    assert [c.name for c in reopened.clients()] == ["boss"]
+    assert reopened.psk_for(phone.identity.encode()) is None
+
+
+def test_a_snapshot_that_cannot_be_written_changes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import coapdev.store as store_module
+    from coapdev.errors import StateWriteError
+
+    directory = tmp_path / "state"
+    store = CredentialStore.open(directory, now=NOW)
+    store.mint_client("owner", now=NOW)
+
+    def full(path, data, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "write_atomic", full)
+    with pytest.raises(StateWriteError, match="state directory full"):
+        store.factory_reset(new_factory_key=True, now=NOW)
+    assert [c.name for c in store.clients()] == ["owner"]
+    monkeypatch.undo()
+    assert [c.name for c in CredentialStore.open(directory).clients()] == ["owner"]
+
+
+def test_a_flipped_bit_in_a_stored_key_names_the_file_and_line(store, tmp_path):
+    record = store.mint_client("a", now=NOW)
+    store.compact()
+    path = tmp_path / "state" / STATE_FILE
+    text = path.read_text()
+    hex_key = record.key.hex()
+    flipped = format(int(hex_key[0], 16) ^ 1, "x") + hex_key[1:]
+    path.write_text(text.replace(hex_key, flipped))
+    line = text[: text.index(hex_key)].count("\n") + 1
+    with pytest.raises(CorruptStateFile, match=rf"{STATE_FILE}: line {line}: .*checksum"):
+        CredentialStore.open(tmp_path / "state")
+
+
+def test_a_flipped_bit_in_a_journalled_key_names_the_line(store, tmp_path):
+    store.mint_client("a", now=NOW)
+    b = store.mint_client("b", now=NOW)
+    journal = store.journal_path
+    hex_key = b.key.hex()
+    flipped = format(int(hex_key[0], 16) ^ 1, "x") + hex_key[1:]
+    journal.write_text(journal.read_text().replace(hex_key, flipped))
+    with pytest.raises(CorruptStateFile, match=r"journal: line 3: .*checksum"):
+        CredentialStore.open(tmp_path / "state")
+
+
+# --- one namespace ---------------------------------------------------------------------
+
+
+def test_ids_identities_names_and_retired_identities_form_one_namespace(store):
+    admin = store.mint_client("admin", now=NOW)
+    store.confirm_rekey(store.begin_rekey(admin.id, now=NOW).identity)
+    admin = store.client(admin.id)
+    assert admin.identity != admin.id
+    user = store.mint_client("user", now=NOW)
+    for taken in (admin.id, admin.identity, "admin", FACTORY_IDENTITY):
+        with pytest.raises(Conflict):
+            store.mint_client("t", now=NOW, identity=taken, origin=Origin.TRADFRI)
+        with pytest.raises(Conflict):
+            store.rename(user.id, taken)
+    # A native onboarding that asks for a taken name gets a free one.
+    assert store.mint_client(admin.id, now=NOW).name == f"{admin.id}-2"
+    # Identities never come back: not after a rotation, a revoke, or a factory reset.
+    old = store.client(user.id).identity
+    store.revoke(user.id)
+    with pytest.raises(Conflict, match="identity on this device before"):
+        store.mint_client("again", now=NOW, identity=old, origin=Origin.TRADFRI)
+    store.factory_reset(new_factory_key=False, now=NOW)
+    with pytest.raises(Conflict):
+        store.mint_client("again", now=NOW, identity=admin.id, origin=Origin.TRADFRI)
+    reopened = CredentialStore.open(store.directory)
+    assert reopened.taken(old) is not None and reopened.taken(admin.identity) is not None
+
+
+def test_an_ambiguous_reference_is_refused(tmp_path):
+    """A state file edited by hand may let one string name two clients: refuse, do not guess."""
+    store = CredentialStore.open(tmp_path / "state", now=NOW)
+    a = store.mint_client("a", now=NOW)
+    b = store.mint_client("b", now=NOW)
+    store.compact()
+    path = tmp_path / "state" / STATE_FILE
+    doc = json.loads(path.read_text())
+    for entry in doc["clients"]:
+        if entry["id"] == b.id:
+            entry["name"] = a.id
+    path.write_text(json.dumps(doc))
+    (tmp_path / "state" / "credentials.journal").unlink()
+    reopened = CredentialStore.open(tmp_path / "state")
+    with pytest.raises(Conflict, match="names several clients"):
+        reopened.find_client(a.id)
+
+
+def test_invalidated_credentials_are_announced_whatever_changed_them(store, tmp_path):
+    from coapdev.store import Credential
+
+    heard = []
+    store.listeners.append(heard.append)
+    a = store.mint_client("a", now=NOW)
+    b = store.mint_client("b", now=NOW)
+    first_identity = b.identity
+    pending = store.begin_rekey(b.id, now=NOW)
+    replaced = store.begin_rekey(b.id, now=NOW)  # the first pending key never opens anything
+    assert heard == [frozenset({Credential(pending.identity)})]
+    store.confirm_rekey(replaced.identity)
+    assert heard[-1] == frozenset({Credential(first_identity)})
+    # Another process revokes; this one reloads on its next change, not on a poll.
+    other = CredentialStore.open(tmp_path / "state")
+    other.revoke(a.id, force=True)
+    store.rename(b.id, "bee")
+    assert heard[-1] == frozenset({Credential(a.identity)})
+    factory = store.current_credential(FACTORY_IDENTITY)
+    other.factory_reset(new_factory_key=True, now=NOW)
+    assert store.refresh()
+    assert factory in heard[-1] and Credential(replaced.identity) in heard[-1]

@@ -86,6 +86,8 @@ class Gateway:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    #: Where the gateway's log goes (default: beside the state directory).
+    log_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -108,7 +110,8 @@ class Gateway:
 
     def start(self, ready_timeout_s: float = 15.0) -> Gateway:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.state_dir.parent / f"gateway-{self.port}-{time.monotonic_ns()}.log"
+        log_dir = self.log_dir or self.state_dir.parent
+        self.log_path = log_dir / f"gateway-{self.port}-{time.monotonic_ns()}.log"
         log = open(self.log_path, "wb")
         argv = self.argv("--host", self.host, "--port", str(self.port), *self.extra_args)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
@@ -213,3 +216,28 @@ def run_cli(
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
+
+
+async def send_with_options(
+    client,
+    method: str,
+    path: str,
+    payload: bytes = b"",
+    *,
+    observe: bool = False,
+    content_format: int | None = None,
+    accept: int | None = None,
+    timeout_s: float = 5.0,
+):
+    """One request with options the client library never sets (Observe on a PUT),
+    on the client's own DTLS session; returns aiocoap's response message."""
+    import asyncio
+
+    transport = await client._ensure_transport()
+    message = client._message(method, path, payload, content_format, accept, observe)
+    pending = transport.context.request(message)
+    try:
+        return await asyncio.wait_for(pending.response, timeout_s)
+    finally:
+        if pending.observation is not None and not pending.observation.cancelled:
+            pending.observation.cancel()

@@ -139,3 +139,110 @@ def test_duplicate_memory_is_bounded_per_session():
     for mid in range(1000):
         fast.handle(peer, coap(code=2, mid=mid, options=opt(11, b"counter")))
     assert len(peer.recent_exchanges) == DEDUP_PER_SESSION
+
+
+class ExplodingAfterTheHandlerSite(FakeSite):
+    """Runs the handler, then fails while answering (logging, encoding, sending)."""
+
+    def render_fast(self, res, request, reply):
+        self.executed += 1
+        raise RuntimeError("failed after the handler ran")
+
+
+def test_an_accepted_request_is_answered_by_the_fast_path_whatever_fails():
+    site = ExplodingAfterTheHandlerSite()
+    fast = FastPath(site, next_mid=lambda: 1)
+    peer = FakePeer()
+    request = coap(code=2, mid=5, options=opt(11, b"counter"))
+    assert fast.handle(peer, request) is True  # never handed on to aiocoap
+    assert site.executed == 1 and fast.failed == 1
+    assert len(peer.sent) == 1 and peer.sent[0][1] == int(Code.INTERNAL_SERVER_ERROR)
+    assert fast.handle(peer, request) is True  # a retransmission: the same 5.00, not run again
+    assert site.executed == 1 and peer.sent[1] == peer.sent[0]
+
+
+class FailingPeer(FakePeer):
+    def send(self, data):
+        super().send(data)
+        if len(self.sent) == 1:
+            raise OSError("send buffer full")
+
+
+def test_a_failing_send_does_not_run_the_request_again():
+    site = FakeSite()
+    fast = FastPath(site, next_mid=lambda: 1)
+    peer = FailingPeer()
+    assert fast.handle(peer, coap(code=2, mid=9, options=opt(11, b"counter"))) is True
+    assert site.executed == 1
+
+
+# --- differential: whatever the fast path accepts, aiocoap reads the same way ---------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPTION_NUMBERS = [1, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 17, 20, 23, 27, 28, 35, 39, 60, 258, 2049]
+
+
+def _option_bytes(options):
+    out = bytearray()
+    last = 0
+    for number, value in sorted(options, key=lambda o: o[0]):
+        delta, last = number - last, number
+
+        def nibble(n):
+            if n < 13:
+                return n, b""
+            if n < 269:
+                return 13, bytes([n - 13])
+            return 14, (n - 269).to_bytes(2, "big")
+
+        d, dext = nibble(delta)
+        length, lext = nibble(len(value))
+        out += bytes([(d << 4) | length]) + dext + lext + value
+    return bytes(out)
+
+
+@st.composite
+def coap_datagrams(draw):
+    mtype = draw(st.integers(0, 3))
+    token = draw(st.binary(max_size=8))
+    code = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 0x45, 0x84]))
+    mid = draw(st.integers(0, 0xFFFF))
+    values = st.one_of(
+        st.binary(max_size=20),
+        st.text(max_size=12).map(str.encode),
+        st.integers(0, 0xFFFFFF).map(lambda n: n.to_bytes((n.bit_length() + 7) // 8, "big")),
+    )
+    options = draw(st.lists(st.tuples(st.sampled_from(_OPTION_NUMBERS), values), max_size=6))
+    payload = draw(st.binary(max_size=30))
+    data = bytes([0x40 | (mtype << 4) | len(token), code, mid >> 8, mid & 0xFF]) + token
+    data += _option_bytes(options)
+    if payload:
+        data += b"\xff" + payload
+    return data
+
+
+@settings(max_examples=3000, deadline=None)
+@given(coap_datagrams())
+def test_the_fast_path_reads_every_accepted_datagram_as_aiocoap_does(data):
+    request = parse_request(data, None)
+    if request is None:
+        return
+    from aiocoap.error import UnparsableMessage
+
+    try:
+        message = Message.decode(data)
+    except (UnparsableMessage, ValueError, IndexError) as exc:
+        raise AssertionError(f"fast path accepted what aiocoap refuses: {exc!r}") from None
+    assert request.code == message.code
+    assert request.mid == message.mid
+    assert request.mtype == int(message.mtype)
+    assert request.token == message.token
+    assert request.opt.uri_path == tuple(message.opt.uri_path)
+    assert request.opt.uri_query == tuple(message.opt.uri_query)
+    assert request.opt.content_format == (
+        None if message.opt.content_format is None else int(message.opt.content_format)
+    )
+    assert request.opt.accept == (None if message.opt.accept is None else int(message.opt.accept))
+    assert request.payload == message.payload
