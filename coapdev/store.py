@@ -157,6 +157,11 @@ class Credential:
     identity: str
     generation: int = 0
 
+    @property
+    def is_factory(self) -> bool:
+        """Factory generations count from 1; a client key's credential is generation 0."""
+        return self.generation > 0
+
     def __str__(self) -> str:
         return self.identity if not self.generation else f"{self.identity}#{self.generation}"
 

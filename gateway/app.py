@@ -87,8 +87,15 @@ class Gateway:
                 idle_timeout_s=cfg.limits.idle_timeout_s,
                 handshake_timeout_s=cfg.limits.handshake_timeout_s,
                 max_handshakes=cfg.limits.max_handshakes,
+                max_sessions_per_host=cfg.limits.max_sessions_per_host,
+                max_sessions_per_identity=cfg.limits.max_sessions_per_identity,
+                max_exchanges_per_session=cfg.limits.max_exchanges_per_session,
+                max_exchanges=cfg.limits.max_exchanges,
             ),
             max_observations_per_session=cfg.limits.max_observations_per_session,
+            max_observations_per_client=cfg.limits.max_observations_per_client,
+            max_observations_per_host=cfg.limits.max_observations_per_host,
+            max_observations=cfg.limits.max_observations,
             max_uploads_per_resource=cfg.limits.max_uploads_per_resource,
         )
         server = DeviceServer(store, options, audit=self.audit)

@@ -21,6 +21,7 @@ from typing import Any
 
 from coapdev.const import DEFAULT_COAPS_PORT, Role
 from coapdev.errors import ConfigError
+from coapdev.server import budget
 
 METHODS = ("get", "put", "post", "delete")
 DEFAULT_CONFIG_NAME = "<built-in default config>"
@@ -104,8 +105,27 @@ class LimitsConfig:
     idle_timeout_s: float = 3600.0
     handshake_timeout_s: float = 20.0
     max_handshakes: int = 256
-    max_observations_per_session: int = 64
+    max_observations_per_session: int = budget.MAX_OBSERVATIONS_PER_SESSION
     max_uploads_per_resource: int = 32
+    max_sessions_per_host: int = budget.MAX_SESSIONS_PER_HOST
+    max_sessions_per_identity: int = budget.MAX_SESSIONS_PER_IDENTITY
+    max_exchanges_per_session: int = budget.MAX_EXCHANGES_PER_SESSION
+    max_exchanges: int = budget.MAX_EXCHANGES
+    max_observations_per_client: int = budget.MAX_OBSERVATIONS_PER_CLIENT
+    max_observations_per_host: int = budget.MAX_OBSERVATIONS_PER_HOST
+    max_observations: int = budget.MAX_OBSERVATIONS
+
+
+#: [limits] keys that are counts of things held at once (validated alike).
+_COUNT_LIMITS = (
+    "max_sessions_per_host",
+    "max_sessions_per_identity",
+    "max_exchanges_per_session",
+    "max_exchanges",
+    "max_observations_per_client",
+    "max_observations_per_host",
+    "max_observations",
+)
 
 
 @dataclass(frozen=True)
@@ -371,10 +391,18 @@ class _Reader:
                 "max_handshakes",
                 "max_observations_per_session",
                 "max_uploads_per_resource",
+                *_COUNT_LIMITS,
             ),
         )
         d = LimitsConfig()
+        counts = {
+            name: self.integer(
+                t.get(name, getattr(d, name)), f"limits.{name}", low=1, high=1_000_000
+            )
+            for name in _COUNT_LIMITS
+        }
         return LimitsConfig(
+            **counts,
             max_sessions=self.integer(
                 t.get("max_sessions", d.max_sessions), "limits.max_sessions", low=1, high=1_000_000
             ),

@@ -48,8 +48,11 @@ _OUTPUT_FORMATS = {
     OutputFormat.OCTETS: ContentFormat.OCTET_STREAM,
 }
 _SUCCESS = {"GET": Code.CONTENT, "PUT": Code.CHANGED, "POST": Code.CREATED, "DELETE": Code.DELETED}
-#: Requests allowed to wait for a busy resource, per unit of concurrency.
+#: Requests allowed to wait for a busy resource, per unit of concurrency;
+#: beyond it they are answered 5.03 with Max-Age.
 QUEUE_PER_SLOT = 8
+#: A watcher started for a GET keeps running this long after the last one.
+WATCH_KEEP_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +116,11 @@ class ScriptResource(ObservableGuardedResource):
         self._in_flight: dict[ScriptInputs, asyncio.Task[bytes]] = {}
         self._observer_task: asyncio.Task[None] | None = None
         self._watch_process: asyncio.subprocess.Process | None = None
-        #: The watcher's latest line, and when it came (monotonic).
+        #: The watcher's latest line, and when it came (monotonic); set once it has one.
         self._watched: tuple[bytes, float] | None = None
+        self._watched_event = asyncio.Event()
+        self._watch_waiters = 0
+        self._watch_wanted_until = 0.0
         self._retired = False
 
     # --- observation -------------------------------------------------------------------
@@ -166,9 +172,13 @@ class ScriptResource(ObservableGuardedResource):
             if observed.observers <= 0:
                 del self._observed[observation.key]
         if not self._observed and self._observer_task is not None:
+            if asyncio.get_running_loop().time() < self._watch_wanted_until:
+                self._schedule_watch_stop()  # plain GETs may still want the watcher a while
+                return
             self._observer_task.cancel()
             self._observer_task = None
             self._watched = None
+            self._watched_event.clear()
 
     # --- methods ---------------------------------------------------------------------
 
@@ -238,14 +248,16 @@ class ScriptResource(ObservableGuardedResource):
     async def _run(self, method: str, inputs: ScriptInputs) -> bytes:
         mc = self.config.method_map[method]
         if self._waiting >= QUEUE_PER_SLOT * self.config.concurrency:
-            raise ServiceUnavailable(f"{self.config.path_text} is busy; try again")
+            raise ServiceUnavailable(f"{self.config.path_text} is busy; try again", retry_after_s=1)
         self._waiting += 1
         try:
             try:
                 async with asyncio.timeout(mc.timeout_s):
                     await self._slots.acquire()
             except TimeoutError:
-                raise ServiceUnavailable(f"{self.config.path_text} is busy; try again") from None
+                raise ServiceUnavailable(
+                    f"{self.config.path_text} is busy; try again", retry_after_s=1
+                ) from None
         finally:
             self._waiting -= 1
         try:
@@ -429,6 +441,7 @@ class ScriptResource(ObservableGuardedResource):
 
     def _new_watched_state(self, state: bytes) -> None:
         self._watched = (state, time.monotonic())
+        self._watched_event.set()
         observed = self._observed.get(_WATCHED)
         # Observers are told of a state they have not been served yet; the
         # very first line answers the observation's first GET.
@@ -438,24 +451,54 @@ class ScriptResource(ObservableGuardedResource):
                 self.notify(_WATCHED)
 
     async def _watched_state(self, request: Message) -> Message:
-        """GET of a watch-only resource: the watcher's latest line (waiting briefly for one)."""
-        deadline = time.monotonic() + self.config.timeout_s
-        while self._watched is None and time.monotonic() < deadline:
-            if self._observer_task is None and not self._retired:
-                # Not observed yet: run the watcher for this request's sake.
-                self._observer_task = asyncio.get_running_loop().create_task(self._observe_loop())
-            await asyncio.sleep(0.05)
+        """GET of a watch-only resource: the watcher's latest line, at once.
+
+        The watcher is started for the first GET and kept running for
+        ``WATCH_KEEP_S`` after the last one, so a burst of GETs costs one
+        process and no queue; only while it has printed nothing yet do GETs
+        wait (a bounded number of them, the rest get 5.03 with Max-Age).
+        """
+        loop = asyncio.get_running_loop()
+        if request.opt.observe is None:  # a plain GET (an observer keeps it running anyway)
+            self._watch_wanted_until = loop.time() + WATCH_KEEP_S
+        if self._observer_task is None and not self._retired:
+            self._observer_task = loop.create_task(self._observe_loop())
+            self._schedule_watch_stop()
         if self._watched is None:
-            raise GatewayTimeout(f"{self.config.path_text} has no state yet")
+            if self._watch_waiters >= QUEUE_PER_SLOT * self.config.concurrency:
+                raise ServiceUnavailable(
+                    f"{self.config.path_text} has no state yet", retry_after_s=1
+                )
+            self._watch_waiters += 1
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    await self._watched_event.wait()
+            except TimeoutError:
+                raise GatewayTimeout(f"{self.config.path_text} has no state yet") from None
+            finally:
+                self._watch_waiters -= 1
+        assert self._watched is not None
         output = self._watched[0]
         observed = self._observed.get(_WATCHED)
         if observed is not None:
             observed.last_notified = output
-        elif self._observer_task is not None:
-            self._observer_task.cancel()
-            self._observer_task = None
-            self._watched = None
         return self._response(request, output, "GET")
+
+    def _schedule_watch_stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_at(self._watch_wanted_until, self._stop_unwanted_watcher)
+
+    def _stop_unwanted_watcher(self) -> None:
+        """Stop a watcher nobody observes and nobody asked for lately."""
+        if self._observed or self._observer_task is None:
+            return
+        if asyncio.get_running_loop().time() < self._watch_wanted_until:
+            self._schedule_watch_stop()
+            return
+        self._observer_task.cancel()
+        self._observer_task = None
+        self._watched = None
+        self._watched_event.clear()
 
     def retire(self) -> None:
         """Stop background work; observers get a final 5.03 and re-register."""

@@ -16,6 +16,7 @@ from ..audit import AuditLog
 from ..const import DEFAULT_COAPS_PORT
 from ..errors import StateWriteError
 from ..store import Credential, CredentialStore
+from . import budget
 from .dtls import DtlsServerOptions
 from .resources import DeviceSite, ServerState, build_site
 from .transport import DtlsTransport, start_transport
@@ -42,7 +43,10 @@ class DeviceOptions:
     #: DTLS server transport: "coapdev" (our own) or "aiocoap" (the stock one).
     transport: str = "coapdev"
     dtls: DtlsServerOptions = field(default_factory=DtlsServerOptions)
-    max_observations_per_session: int = 64
+    max_observations_per_session: int = budget.MAX_OBSERVATIONS_PER_SESSION
+    max_observations_per_client: int = budget.MAX_OBSERVATIONS_PER_CLIENT
+    max_observations_per_host: int = budget.MAX_OBSERVATIONS_PER_HOST
+    max_observations: int = budget.MAX_OBSERVATIONS
     max_uploads_per_resource: int = 32
 
 
@@ -64,6 +68,9 @@ class DeviceServer:
             audit=audit,
             close_sessions=self._close_sessions,
             max_observations_per_session=self.options.max_observations_per_session,
+            max_observations_per_client=self.options.max_observations_per_client,
+            max_observations_per_host=self.options.max_observations_per_host,
+            max_observations=self.options.max_observations,
             max_uploads_per_resource=self.options.max_uploads_per_resource,
         )
         demo = store.directory / "light.json" if self.options.demo_light else None

@@ -30,18 +30,23 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
+import os
 import socket
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from aiocoap import CON, NON, Code, interfaces
 from aiocoap import error as coap_error
-from aiocoap import interfaces
 from aiocoap.message import Message
+from aiocoap.numbers.types import ACK
 from DTLSSocket import dtls
 
 from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
+from . import budget
+from .budget import Tally
 
 log = logging.getLogger("coapdev.dtls")
 
@@ -84,6 +89,16 @@ class DtlsServerOptions:
     max_handshakes: int = 256
     #: Socket receive buffer (bursts of handshakes overflow the default).
     receive_buffer_bytes: int = 4 * 1024 * 1024
+    #: Sessions one source host may hold; beyond it its least recently active
+    #: one is evicted (so a host can only crowd out itself).
+    max_sessions_per_host: int = budget.MAX_SESSIONS_PER_HOST
+    #: Sessions one identity may hold at once; likewise.
+    max_sessions_per_identity: int = budget.MAX_SESSIONS_PER_IDENTITY
+    #: Exchanges remembered for duplicate detection on aiocoap's path, per
+    #: session and in total (aiocoap alone keeps every one 247 s); the oldest
+    #: are forgotten first.  The fast path's own cache is bounded separately.
+    max_exchanges_per_session: int = budget.MAX_EXCHANGES_PER_SESSION
+    max_exchanges: int = budget.MAX_EXCHANGES
 
 
 class _Phase:
@@ -123,6 +138,8 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.recent_exchanges: Any = None
         #: The client's ChangeCipherSpec was seen (so its Finished is decryptable).
         self.saw_ccs = False
+        #: The identity this session counts against (once connected).
+        self.counted_identity: str | None = None
         self._claims: tuple[Any, ...] = ()
 
     # --- EndpointAddress ---
@@ -250,6 +267,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self.admit_handshake: Callable[[str], bool] = lambda host: True
         self.handshake_failed: Callable[[str, str], None] = lambda host, reason: None
         self.stats = collections.Counter()
+        #: aiocoap's duplicate detection, bounded (set by the owner, see aiocoap_compat).
+        self.duplicates: Any = None
+        self._sessions_by_host = Tally(options.max_sessions_per_host)
+        self._sessions_by_identity = Tally(options.max_sessions_per_identity)
+        self._next_mid = int.from_bytes(os.urandom(2), "big")
         #: Serves simple requests without aiocoap's message layer (set by the owner).
         self.fast_path: Any = None
 
@@ -458,6 +480,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self._handshaking.pop(peer.key, None)
                 peer.identity = (peer._pending_identity or b"").decode("ascii", "replace")
                 peer._claims = () if peer._pending_claim is None else (peer._pending_claim,)
+                self._count_identity(peer)
                 peer.final_flight = flight or []
                 self.stats["handshakes"] += 1
             elif level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _ALERT_CLOSE_NOTIFY):
@@ -513,8 +536,54 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self.stats["unparsable"] += 1
                 log.debug("decoding a CoAP message from %s failed", peer.hostinfo, exc_info=True)
                 continue
+            if message.mtype in (CON, NON) and not self._admit_to_aiocoap(peer, message):
+                continue
             self.stats["requests"] += 1
             mman.dispatch_message(message)
+
+    def _admit_to_aiocoap(self, peer: DtlsPeer, message: Message) -> bool:
+        """Whether aiocoap may take this message; else it is answered here.
+
+        A factory-key session needs nothing but onboarding, which the fast
+        path serves: anything else it sends gets 4.01 without aiocoap (which
+        would remember it).
+        """
+        credential = peer.credential
+        if credential is None or getattr(credential, "is_factory", False):
+            self.stats["refused-factory-slow-path"] += 1
+            self._answer_directly(
+                peer, message, Code.UNAUTHORIZED, "the factory key only opens onboarding"
+            )
+            return False
+        return True
+
+    def _answer_directly(
+        self,
+        peer: DtlsPeer,
+        request: Message,
+        code: Code,
+        diagnostic: str,
+        max_age_s: float | None = None,
+    ) -> None:
+        """An error answer built and sent here, so aiocoap keeps nothing of the request."""
+        if not request.code.is_request():
+            return  # an empty message (ping) or a stray response: nothing to answer
+        if request.mtype == CON:
+            mtype, mid = ACK, request.mid
+        else:
+            self._next_mid = (self._next_mid + 1) & 0xFFFF
+            mtype, mid = NON, self._next_mid
+        response = Message(
+            mtype=mtype,
+            mid=mid,
+            code=code,
+            token=request.token,
+            payload=diagnostic.encode(),
+            content_format=0,
+        )
+        if max_age_s is not None:
+            response.opt.max_age = max(1, math.ceil(max_age_s))
+        self._send_plaintext(peer, response.encode())
 
     # --- tinydtls callbacks: never raise, only record --------------------------------
 
@@ -599,11 +668,36 @@ class DtlsServerTransport(interfaces.MessageInterface):
             oldest = next(iter(self._peers.values()))
             self.stats["evicted-cap"] += 1
             self._close_peer(oldest, "session cap reached", notify=True)
+        host = _host_of(sockaddr)
+        if self._sessions_by_host.full(host):
+            oldest = next(p for p in self._peers.values() if _host_of(p.sockaddr) == host)
+            self.stats["evicted-host-cap"] += 1
+            self._close_peer(oldest, "sessions per host cap reached", notify=True)
+        self._sessions_by_host.add(host)
         peer = DtlsPeer(self, sockaddr, key, now)
         self._peers[key] = peer
         self._handshaking[key] = peer
         self._by_session_key[(peer.session.addr, peer.session.port)] = peer
         return peer
+
+    def _count_identity(self, peer: DtlsPeer) -> None:
+        """A newly connected session counts against its identity's cap; past the cap
+        the identity's least recently active other session is evicted."""
+        identity = peer.identity or ""
+        if self._sessions_by_identity.full(identity):
+            oldest = next(
+                (
+                    p
+                    for p in self._peers.values()
+                    if p.counted_identity == identity and p is not peer
+                ),
+                None,
+            )
+            if oldest is not None:
+                self.stats["evicted-identity-cap"] += 1
+                self._close_peer(oldest, "sessions per identity cap reached", notify=True)
+        self._sessions_by_identity.add(identity)
+        peer.counted_identity = identity
 
     def _handshake_abandoned(self, peer: DtlsPeer, reason: str) -> None:
         """A handshake that will not finish; it counts against its source's allowance."""
@@ -634,6 +728,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if self._peers.get(peer.key) is peer:
             del self._peers[peer.key]
             self._by_session_key.pop((peer.session.addr, peer.session.port), None)
+            self._sessions_by_host.remove(_host_of(peer.sockaddr))
+        if peer.counted_identity is not None:
+            self._sessions_by_identity.remove(peer.counted_identity)
+            peer.counted_identity = None
+        if self.duplicates is not None:
+            self.duplicates.forget(peer)
         if self._handshaking.get(peer.key) is peer:
             del self._handshaking[peer.key]
         if was_connected is None:

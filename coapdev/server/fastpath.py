@@ -37,7 +37,7 @@ log = logging.getLogger("coapdev.fastpath")
 #: RFC 7252 EXCHANGE_LIFETIME with default transmission parameters.
 EXCHANGE_LIFETIME_S = 247.0
 #: Exchanges remembered per session for duplicate detection.
-DEDUP_PER_SESSION = 32
+DEDUP_PER_SESSION = 8
 #: Larger answers need blockwise transfer: aiocoap's job.
 MAX_FAST_PAYLOAD = 1024
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Hashable
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ from ..errors import (
 )
 from ..payload import decode, encode, parse_switch
 from ..store import ClientRecord, Credential, CredentialStore, Origin, Principal
+from . import budget
+from .aiocoap_compat import bound_block2
+from .budget import Tally, host_of
 
 log = logging.getLogger("coapdev.server")
 request_log = logging.getLogger("coapdev.requests")
@@ -76,12 +80,52 @@ class ServerState:
     #: Optional check before onboarding (rate limits); raises RequestRefused.
     before_onboarding: Callable[[Message], None] | None = None
     #: Observations one DTLS session may hold; more are declined (served as plain GETs).
-    max_observations_per_session: int = 64
+    max_observations_per_session: int = budget.MAX_OBSERVATIONS_PER_SESSION
+    #: Observations one client (all its sessions), one source host, and the
+    #: whole device may hold; likewise declined beyond.  Each costs about
+    #: 10 KiB (docs/reliability.md).
+    max_observations_per_client: int = budget.MAX_OBSERVATIONS_PER_CLIENT
+    max_observations_per_host: int = budget.MAX_OBSERVATIONS_PER_HOST
+    max_observations: int = budget.MAX_OBSERVATIONS
     #: Blockwise uploads in progress per resource; more get 5.03 until some finish.
     max_uploads_per_resource: int = 32
 
+    def __post_init__(self) -> None:
+        self._observations_by_client = Tally(self.max_observations_per_client)
+        self._observations_by_host = Tally(self.max_observations_per_host)
+        self.observations_held = 0
+
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    def reserve_observation(self, remote: Any, principal: Principal) -> Callable[[], None] | None:
+        """Count one more observation against its session, client, host and the device;
+        None if any of them is full (the observation is declined), else the release."""
+        held = getattr(remote, "observations", 0)
+        client = principal.client.id if principal.client else principal.identity
+        host = _host_of_remote(remote)
+        if (
+            held >= self.max_observations_per_session
+            or self._observations_by_client.full(client)
+            or self._observations_by_host.full(host)
+            or self.observations_held >= self.max_observations
+        ):
+            log.debug("declining an observation from %s (%s): at a cap", host, principal.label)
+            return None
+        with contextlib.suppress(AttributeError):
+            remote.observations = held + 1
+        self._observations_by_client.add(client)
+        self._observations_by_host.add(host)
+        self.observations_held += 1
+
+        def release() -> None:
+            with contextlib.suppress(AttributeError):
+                remote.observations = max(0, remote.observations - 1)
+            self._observations_by_client.remove(client)
+            self._observations_by_host.remove(host)
+            self.observations_held -= 1
+
+        return release
 
     def admit(
         self,
@@ -161,11 +205,14 @@ class ServerState:
 
 def refusal_message(exc: RequestRefused) -> Message:
     cls, detail = (int(part) for part in exc.code.split("."))
-    return Message(
+    message = Message(
         code=Code(cls * 32 + detail),
         payload=exc.message.encode("utf-8"),
         content_format=ContentFormat.TEXT if exc.message else None,
     )
+    if exc.retry_after_s is not None:
+        message.opt.max_age = max(1, math.ceil(exc.retry_after_s))
+    return message
 
 
 def response_format(request: Message, who: Principal | None = None) -> int:
@@ -244,6 +291,10 @@ def log_request(request: Message, who: str, code: Any, started: float) -> None:
 
 #: Largest request payload a built-in resource accepts.
 BUILTIN_MAX_INPUT_BYTES = 4096
+#: Large answers kept per resource for blockwise transfers (Block2), and their
+#: bytes; the worst case is this times the number of resources.
+BLOCK2_KEPT_PER_RESOURCE = 16
+BLOCK2_BYTES_PER_RESOURCE = 256 * 1024
 
 
 def bound_block1(res: resource.Resource, max_bytes: int, max_uploads: int) -> None:
@@ -381,6 +432,7 @@ class GuardedResource(resource.Resource):
         super().__init__()
         self.state = state
         bound_block1(self, BUILTIN_MAX_INPUT_BYTES, state.max_uploads_per_resource)
+        bound_block2(self, BLOCK2_KEPT_PER_RESOURCE, BLOCK2_BYTES_PER_RESOURCE)
 
     def target_of(self, request: Message) -> str | None:
         """The client record a request addresses (for ``own_only`` rules)."""
@@ -504,22 +556,13 @@ class ObservableGuardedResource(GuardedResource):
     def observation_removed(self, observation: Observation) -> None:
         """Hook: an observation ended (cancelled, refused, or its session closed)."""
 
-    def _session_has_room(self, remote: Any) -> bool:
-        held = getattr(remote, "observations", 0)
-        if held >= self.state.max_observations_per_session:
-            log.debug("declining an observation from %s: %d held", _source_of(remote), held)
-            return False
-        return True
-
     async def _serve_observation(self, pipe: Any, request: Message, principal: Principal) -> None:
-        remote = request.remote
-        if not self._session_has_room(remote):
+        release = self.state.reserve_observation(request.remote, principal)
+        if release is None:
             # Declined: the current state without Observe (RFC 7641 4.1); the client knows.
             pipe.add_response(await self.render_admitted(request, principal), is_last=True)
             return
         observation = Observation(request, principal, self.observation_key(request, principal))
-        with contextlib.suppress(AttributeError):
-            remote.observations = getattr(remote, "observations", 0) + 1
         self.observations.add(observation)
         self.observation_added(observation)
         try:
@@ -547,14 +590,16 @@ class ObservableGuardedResource(GuardedResource):
                 pipe.add_response(response, is_last=False)
         finally:
             self.observations.discard(observation)
-            with contextlib.suppress(AttributeError):
-                remote.observations = max(0, remote.observations - 1)
+            release()
             self.observation_removed(observation)
 
 
-def _source_of(remote: Any) -> str:
+def _host_of_remote(remote: Any) -> str:
+    sockaddr = getattr(remote, "sockaddr", None)
+    if sockaddr is not None:
+        return host_of(sockaddr)
     try:
-        return str(remote.hostinfo)
+        return str(remote.hostinfo).rsplit(":", 1)[0].strip("[]")
     except Exception:
         return "?"
 

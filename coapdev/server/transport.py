@@ -153,10 +153,16 @@ class OwnTransport:
         made: list[DtlsServerTransport] = []
 
         async def make(mman: Any) -> DtlsServerTransport:
+            from .aiocoap_compat import bound_duplicate_detection, message_id_source
+            from .budget import BoundedDuplicates
             from .fastpath import FastPath
 
             transport = await DtlsServerTransport.create(host, port, mman, lookup, options)
-            transport.fast_path = FastPath(site, mman._next_message_id)
+            transport.fast_path = FastPath(site, message_id_source(mman))
+            transport.duplicates = BoundedDuplicates(
+                transport.options.max_exchanges_per_session, transport.options.max_exchanges
+            )
+            bound_duplicate_detection(mman, transport.duplicates)
             made.append(transport)
             return transport
 

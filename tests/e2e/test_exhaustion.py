@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from coapdev.client import Client, onboard
+from coapdev.client import Client, Credentials, DeviceAddress, onboard
 from coapdev.const import FACTORY_IDENTITY
 from coapdev.errors import RequestFailed
 
@@ -317,11 +317,25 @@ def test_over_a_thousand_observers(gateway_factory, tmp_path, run):
     bounded."""
     from aiocoap import Code, Message
 
-    gw = gateway_factory(config=config(tmp_path))
+    from coapdev.store import CredentialStore, StoreLimits
+
+    gw = gateway_factory(config=config(tmp_path), start=False)
+    # A thousand clients, each with its own identity (one identity's sessions are capped).
+    store = CredentialStore.open(
+        gw.state_dir, onboarding_window_s=900, limits=StoreLimits(max_clients=OBSERVERS + 10)
+    )
+    store.mint_client("owner", now=time.time())
+    writer_record = store.mint_client("writer", now=time.time())
+    minted = [store.mint_client(f"observer-{i}", now=time.time()) for i in range(OBSERVERS)]
+    gw.start()
+    writer = Credentials(
+        store.device.id,
+        DeviceAddress("127.0.0.1", gw.port),
+        writer_record.identity,
+        writer_record.key,
+    )
 
     async def scenario():
-        creds = await onboard(gw.uri, gw.factory_key(), "observer-of-many")
-        writer = await onboard(gw.uri, gw.factory_key(), "writer")
         rss_before = rss_kib(gw.proc.pid)
         fds_before = open_fds(gw.proc.pid)
 
@@ -331,8 +345,8 @@ def test_over_a_thousand_observers(gateway_factory, tmp_path, run):
                 c = RawDtlsClient(
                     "127.0.0.1",
                     gw.port,
-                    creds.identity.encode(),
-                    creds.key,
+                    minted[i].identity.encode(),
+                    minted[i].key,
                     sock=udp_socket(source(i)),
                 )
                 if not c.handshake(3.0):

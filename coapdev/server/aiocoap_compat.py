@@ -1,0 +1,96 @@
+"""The server side's uses of aiocoap's private parts, in one place.
+
+aiocoap 0.4 offers no public hooks for these; if an aiocoap release changes
+them, this module is the one to adapt (tests/coapdev/server/test_dtls.py and
+the e2e suite exercise each).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiocoap import CON
+
+from .budget import BoundedDuplicates
+
+
+def bound_duplicate_detection(mman: Any, duplicates: BoundedDuplicates) -> None:
+    """Replace a message manager's duplicate detection with a bounded one.
+
+    aiocoap remembers every request 247 s with a timer of its own, without
+    any cap; this keeps the last few per session and a bounded number in
+    total (see :class:`BoundedDuplicates`), with the same behaviour: a
+    retransmitted CON gets the stored answer again, and is not run twice.
+    """
+
+    def deduplicate(message: Any) -> bool:
+        entry = duplicates.lookup(message.remote, message.mid)
+        if entry is None:
+            return False
+        if message.mtype is CON and entry[1] is not None:
+            mman._send_initially(entry[1])
+        return True
+
+    def store_response(message: Any) -> None:
+        duplicates.answered(message.remote, message.mid, message)
+
+    mman._deduplicate_message = deduplicate
+    mman._store_response_for_duplicates = store_response
+
+
+def message_id_source(mman: Any) -> Callable[[], int]:
+    """The message manager's own message-id counter (for answers sent past it)."""
+    return mman._next_message_id
+
+
+class _BoundedCompletes:
+    """Stands in for the TimeoutDict of aiocoap's Block2Cache: the same get and set,
+    with a cap on entries and on bytes, oldest out first."""
+
+    def __init__(self, max_entries: int, max_bytes: int, lifetime_s: float) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.lifetime_s = lifetime_s
+        self._items: collections.OrderedDict[Any, tuple[float, Any]] = collections.OrderedDict()
+        self._bytes = 0
+
+    def __getitem__(self, key: Any) -> Any:
+        when, value = self._items[key]
+        if time.monotonic() - when > self.lifetime_s:
+            self._pop(key)
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key in self._items:
+            self._pop(key)
+        self._items[key] = (time.monotonic(), value)
+        self._bytes += len(value.payload)
+        while len(self._items) > self.max_entries or (
+            self._bytes > self.max_bytes and len(self._items) > 1
+        ):
+            self._pop(next(iter(self._items)))
+
+    def _pop(self, key: Any) -> None:
+        _, value = self._items.pop(key)
+        self._bytes -= len(value.payload)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: RFC 7252 MAX_TRANSMIT_WAIT: how long aiocoap keeps a blockwise answer.
+MAX_TRANSMIT_WAIT_S = 93.0
+
+
+def bound_block2(res: Any, max_entries: int, max_bytes: int) -> None:
+    """Cap the answers a resource keeps for blockwise (Block2) transfers.
+
+    aiocoap keeps each large answer MAX_TRANSMIT_WAIT per session, path and
+    query, without a cap: a client varying the query could park megabytes.
+    A transfer whose answer was dropped gets 4.08 and starts over.
+    """
+    res._block2._completes = _BoundedCompletes(max_entries, max_bytes, MAX_TRANSMIT_WAIT_S)
