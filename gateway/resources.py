@@ -14,6 +14,7 @@ from typing import Any
 
 from aiocoap import Code, Message
 
+from coapdev import typed
 from coapdev.const import ContentFormat
 from coapdev.errors import (
     BadRequest,
@@ -79,6 +80,14 @@ class ScriptResource(ObservableGuardedResource):
             links.pop("obs", None)
         if self.config.title:
             links["title"] = self.config.title
+        if self.config.kind is not None:
+            typed.add_link_attributes(
+                links,
+                self.config.kind,
+                unit=self.config.unit,
+                device_class=self.config.device_class,
+                value_key=self.config.value_key,
+            )
         return links
 
     async def add_observation(self, request: Message, serverobservation: Any) -> None:
