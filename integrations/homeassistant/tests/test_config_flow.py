@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+import pytest
 from coapdev.keys import mint_factory_key
 from coapdev.qr import QRPayload
 from homeassistant import config_entries, loader
@@ -160,9 +161,15 @@ async def test_a_label_of_another_device_is_refused(hass: HomeAssistant, gateway
     assert "Home Assistant" not in clients_on(gateway)
 
 
-async def test_a_service_without_a_device_id_is_not_offered(hass: HomeAssistant, gateway) -> None:
+@pytest.mark.parametrize("device_id", [None, "", "not an id", "K" * 33, "<script>"])
+async def test_a_service_without_a_device_id_is_not_offered(
+    hass: HomeAssistant, gateway, device_id
+) -> None:
     info = discovery(gateway)
-    info.properties.pop("id")
+    if device_id is None:
+        info.properties.pop("id")
+    else:
+        info.properties["id"] = device_id
     result = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": config_entries.SOURCE_ZEROCONF}, data=info
     )

@@ -26,7 +26,7 @@ from coapdev.errors import (
     NotAuthorized,
     RequestFailed,
 )
-from coapdev.keys import canonical_factory_key
+from coapdev.keys import ALPHABET, canonical_factory_key
 from coapdev.qr import parse_qr_text
 from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
 from homeassistant.const import CONF_HOST, CONF_PORT
@@ -40,6 +40,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _PORT = vol.All(vol.Coerce(int), vol.Range(min=1, max=65535))
 _SERVICE_SUFFIX = "._coaps._udp.local."
+#: Longest device id taken from a zeroconf advertisement.
+MAX_DEVICE_ID_CHARS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,11 @@ def read_label(text: str) -> Label:
         payload = parse_qr_text(text)
         return Label(payload.factory_key, payload.device_id, payload.port)
     return Label(canonical_factory_key(text))
+
+
+def _is_device_id(text: str) -> bool:
+    """What a coapdev device advertises as its id: up to 32 of the key alphabet."""
+    return 0 < len(text) <= MAX_DEVICE_ID_CHARS and all(c in ALPHABET for c in text)
 
 
 class OnboardingFailed(Exception):
@@ -152,7 +159,7 @@ class CoapdevConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
         device_id = str(discovery_info.properties.get(TXT_DEVICE_ID) or "")
-        if not device_id or discovery_info.port is None:
+        if not _is_device_id(device_id) or discovery_info.port is None:
             return self.async_abort(reason="not_coapdev_device")
         await self.async_set_unique_id(device_id)
         # A known device seen at a new address: follow it (the entry reloads).
