@@ -242,3 +242,43 @@ async def test_diagnostics_hold_no_key(hass: HomeAssistant, gateway) -> None:
     assert diagnostics["entry"][CONF_PSK] == REDACTED
     assert {r["path"] for r in diagnostics["resources"]} >= {"/relay", "/temperature"}
     assert diagnostics["device"]["id"] == device_id_of(gateway)
+
+
+ROLE_CONFIG = """
+[device]
+advertise = false
+
+[[resource]]
+path = "/relay"
+kind = "switch"
+get = { run = ["{scripts}/state.sh", "relay", "get", "off"] }
+put = { run = ["{scripts}/state.sh", "relay", "set"] }
+
+[[resource]]
+path = "/boiler"
+kind = "switch"
+get = { run = ["{scripts}/state.sh", "boiler", "get", "off"], roles = ["admin"] }
+put = { run = ["{scripts}/state.sh", "boiler", "set"] }
+"""
+
+
+async def test_a_state_the_role_may_not_read_is_unavailable_not_a_reauth(
+    hass: HomeAssistant, gateway_factory, tmp_path, fast_timings
+) -> None:
+    gateway = gateway_factory(config=ROLE_CONFIG)
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    onboarded = await hass.async_add_executor_job(
+        lambda: run_cli(laptop, "onboard", gateway.uri, "--key", gateway.key, "--name", "laptop")
+    )
+    assert onboarded.returncode == 0, onboarded.stderr  # the admin; Home Assistant is a user
+    await set_up(hass, gateway)
+    relay = entity_id(hass, "switch", gateway, "/relay")
+    boiler = entity_id(hass, "switch", gateway, "/boiler")
+    await wait_until(lambda: state(hass, relay) == "off", what="the relay's state")
+    await wait_until(lambda: state(hass, boiler) == "unavailable", what="the boiler refused")
+    assert not hass.config_entries.flow.async_progress_by_handler(
+        DOMAIN, match_context={"source": SOURCE_REAUTH}
+    )
+    await hass.services.async_call("switch", "turn_on", {"entity_id": relay}, blocking=True)
+    assert state(hass, relay) == "on" and state(hass, boiler) == "unavailable"

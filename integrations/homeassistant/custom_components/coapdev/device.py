@@ -226,7 +226,8 @@ class CoapdevDevice:
                 return
             except NotAuthorized as exc:
                 # Revoked, or this resource is not for our role: /device tells which.
-                if not await self.async_probe():
+                await self.async_probe()
+                if self._access_lost:
                     return
                 on_refused(str(exc))
             except RequestFailed as exc:
