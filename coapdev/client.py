@@ -483,8 +483,7 @@ class Client:
             finally:
                 if next_note is not None:
                     next_note.cancel()
-                with contextlib.suppress(Exception):
-                    request.observation.cancel()
+                _end_observation(request)
             if drop:
                 transport.drop_session(generation)
             await asyncio.sleep(backoff_s)
@@ -503,8 +502,14 @@ class Client:
         import aiocoap.error
 
         generation = transport.generation
+        # Never cancel aiocoap's future: aiocoap sets an error on it without
+        # checking, and an error for the session arriving before it noticed the
+        # cancellation raises half way through telling the session's other
+        # requests.  Left alone, it ends with the answer, an error or the
+        # session; its outcome is then read so nothing is logged as unretrieved.
+        pending.add_done_callback(_retrieve)
         try:
-            raw = await asyncio.wait_for(pending, self._budget(transport))
+            raw = await asyncio.wait_for(asyncio.shield(pending), self._budget(transport))
         except TimeoutError:
             raise self._timeout_error(transport, what, generation) from None
         except aiocoap.error.Error as exc:
@@ -516,6 +521,30 @@ class Client:
 
     async def ping(self) -> None:
         await self.get("/device")
+
+
+def _end_observation(request: Any) -> None:
+    """Cancel an observation once aiocoap has settled its registration.
+
+    Cancelled while the registration is still unanswered, aiocoap raises when
+    the answer or an error arrives after all (into the loop, and before it
+    told the session's other requests), so it is cancelled then.
+    """
+
+    def cancel(_: object = None) -> None:
+        if not request.observation.cancelled:
+            with contextlib.suppress(Exception):
+                request.observation.cancel()
+
+    if request.response.done():
+        cancel()
+    else:
+        request.response.add_done_callback(cancel)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _response(raw: Any) -> Response:

@@ -122,3 +122,37 @@ TXT_ONBOARDING: Final = "ob"
 #: QR payloads are ``COAPDEV:1:<device id>:<factory key>[:<port>]``.
 QR_PREFIX: Final = "COAPDEV"
 QR_VERSION: Final = 1
+
+
+# --- Typed resources (docs/protocol.md, 4.6) ----------------------------------------
+
+
+class ResourceKind(StrEnum):
+    """What a resource is to a home-automation client, published as ``rt="coapdev.<kind>"``.
+
+    The names are Home Assistant's platform names, so a client maps them
+    one to one; any other client reads them as plain resource types.
+    """
+
+    SWITCH = "switch"
+    LIGHT = "light"
+    SENSOR = "sensor"
+    BINARY_SENSOR = "binary_sensor"
+    BUTTON = "button"
+
+
+#: Resource types of typed resources are this prefix and the kind.
+RT_KIND_PREFIX: Final = "coapdev."
+#: CoRE interface descriptions (``if=``): actuators take commands, sensors report.
+IF_ACTUATOR: Final = "core.a"
+IF_SENSOR: Final = "core.s"
+#: Extension link attributes of typed resources in /.well-known/core.
+LINK_UNIT: Final = "unit"
+LINK_DEVICE_CLASS: Final = "device_class"
+LINK_VALUE_KEY: Final = "value_key"
+#: What a client PUTs (as text/plain) to switch a switch or a light.
+SWITCH_ON: Final = "on"
+SWITCH_OFF: Final = "off"
+#: Map member holding a sensor's value when the resource names no ``value_key``
+#: (switches, lights and binary sensors use ``Key.ON``).
+SENSOR_VALUE_KEY: Final = "value"

@@ -19,11 +19,25 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
-from coapdev.const import DEFAULT_COAPS_PORT, Role
+from coapdev.const import DEFAULT_COAPS_PORT, ResourceKind, Role
 from coapdev.errors import ConfigError
 from coapdev.server import budget
 
 METHODS = ("get", "put", "post", "delete")
+#: Longest unit, device class and value key of a typed resource, in characters.
+MAX_TYPED_ATTRIBUTE_CHARS = 32
+#: Kinds that may carry each typed attribute.
+_KINDS_WITH = {
+    "unit": frozenset({ResourceKind.SENSOR}),
+    "device_class": frozenset(
+        {ResourceKind.SWITCH, ResourceKind.SENSOR, ResourceKind.BINARY_SENSOR, ResourceKind.BUTTON}
+    ),
+    "value_key": frozenset(
+        {ResourceKind.SWITCH, ResourceKind.LIGHT, ResourceKind.SENSOR, ResourceKind.BINARY_SENSOR}
+    ),
+}
+#: Keys that are easy to reach for but are spelled otherwise here.
+_KEY_HINTS = {"name": "the display name is 'title'"}
 DEFAULT_CONFIG_NAME = "<built-in default config>"
 
 
@@ -72,6 +86,11 @@ class ResourceConfig:
     #: observed and cached output is then shared between clients whose query
     #: and payload are the same.  Default: each client has its own.
     shared: bool = False
+    #: What the resource is to home-automation clients (docs/protocol.md, 4.6).
+    kind: ResourceKind | None = None
+    unit: str = ""
+    device_class: str = ""
+    value_key: str = ""
 
     @property
     def method_map(self) -> dict[str, MethodConfig]:
@@ -201,6 +220,8 @@ class _Reader:
             if name not in allowed:
                 close = difflib.get_close_matches(name, allowed, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
+                if name in _KEY_HINTS:
+                    hint = f"; {_KEY_HINTS[name]}"
                 where = f"{key}.{name}" if key else name
                 raise self.error(where, f"unknown key{hint} (allowed: {', '.join(allowed)})")
 
@@ -450,6 +471,10 @@ class _Reader:
                 "concurrency",
                 "observe",
                 "shared",
+                "kind",
+                "unit",
+                "device_class",
+                "value_key",
                 *METHODS,
             ),
         )
@@ -471,10 +496,14 @@ class _Reader:
             raise self.error(key, "defines no method (get, put, post, delete) and no observe")
         if observe is not None and observe.interval_s is not None and "GET" not in dict(methods):
             raise self.error(f"{key}.observe.interval_s", "needs a get script to poll")
+        output = self.enum(t.get("output", d.output.value), f"{key}.output", OutputFormat)
+        kind = self.typed(t, key, output)
+        if kind is not None:
+            self.kind_methods(kind, dict(methods), observe, key)
         return ResourceConfig(
             path=path,
             methods=tuple(methods),
-            output=self.enum(t.get("output", d.output.value), f"{key}.output", OutputFormat),
+            output=output,
             input=self.enum(t.get("input", d.input.value), f"{key}.input", InputMode),
             timeout_s=timeout_s,
             max_output_bytes=self.integer(
@@ -495,7 +524,82 @@ class _Reader:
             observe=observe,
             title=self.string(t.get("title", ""), f"{key}.title", empty=True),
             shared=self.boolean(t.get("shared", d.shared), f"{key}.shared"),
+            kind=kind,
+            unit=self.attribute(t["unit"], f"{key}.unit") if "unit" in t else "",
+            device_class=(
+                self.device_class(t["device_class"], f"{key}.device_class")
+                if "device_class" in t
+                else ""
+            ),
+            value_key=self.attribute(t["value_key"], f"{key}.value_key")
+            if "value_key" in t
+            else "",
         )
+
+    def typed(self, t: Mapping[str, Any], key: str, output: OutputFormat) -> ResourceKind | None:
+        """The resource's kind, after checking that its typed attributes fit it."""
+        kind = None
+        if "kind" in t:
+            kind = self.enum(self.string(t["kind"], f"{key}.kind"), f"{key}.kind", ResourceKind)
+        for name, kinds in _KINDS_WITH.items():
+            if name not in t:
+                continue
+            if kind in kinds:
+                continue
+            allowed = ", ".join(sorted(k.value for k in kinds))
+            if len(kinds) == 1:
+                problem = f'needs kind = "{allowed}"'
+            elif kind is None:
+                problem = f"needs a kind ({allowed}) to mean anything"
+            else:
+                problem = f"does not apply to a {kind.value} (only to {allowed})"
+            raise self.error(f"{key}.{name}", problem)
+        if "value_key" in t and output not in (OutputFormat.JSON, OutputFormat.CBOR):
+            raise self.error(
+                f"{key}.value_key", 'names a map member: needs output = "json" or "cbor"'
+            )
+        return kind
+
+    def kind_methods(
+        self,
+        kind: ResourceKind,
+        methods: Mapping[str, MethodConfig],
+        observe: ObserveConfig | None,
+        key: str,
+    ) -> None:
+        """A kind promises clients what they can do; the scripts must be there for it."""
+        readable = "GET" in methods or (observe is not None and observe.watch is not None)
+        if kind is ResourceKind.BUTTON:
+            if "POST" not in methods:
+                raise self.error(f"{key}.kind", "a button needs a post script (pressing it)")
+            return
+        if kind in (ResourceKind.SWITCH, ResourceKind.LIGHT) and "PUT" not in methods:
+            raise self.error(f"{key}.kind", f"a {kind.value} needs a put script (on/off)")
+        if not readable:
+            raise self.error(
+                f"{key}.kind", f"a {kind.value} needs a get script or observe.watch (its state)"
+            )
+
+    def attribute(self, value: Any, key: str) -> str:
+        """A unit or value key: short printable text that travels in a link attribute."""
+        text = self.string(value, key)
+        if len(text) > MAX_TYPED_ATTRIBUTE_CHARS:
+            raise self.error(key, f"at most {MAX_TYPED_ATTRIBUTE_CHARS} characters")
+        if '"' in text or "\\" in text:
+            raise self.error(key, "must not contain a quote or backslash")
+        if not text.isprintable():
+            raise self.error(key, "only printable characters")
+        return text
+
+    def device_class(self, value: Any, key: str) -> str:
+        text = self.string(value, key)
+        if not re.fullmatch(rf"[a-z0-9_]{{1,{MAX_TYPED_ATTRIBUTE_CHARS}}}", text):
+            raise self.error(
+                key,
+                f"expected lower-case letters, digits and _ (at most "
+                f'{MAX_TYPED_ATTRIBUTE_CHARS}), like "temperature", got {text!r}',
+            )
+        return text
 
     def path(self, value: Any, key: str) -> tuple[str, ...]:
         text = self.string(value, key)

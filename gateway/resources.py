@@ -16,7 +16,7 @@ from typing import Any
 
 from aiocoap import Code, Message
 
-from coapdev import authz
+from coapdev import authz, typed
 from coapdev.const import ContentFormat
 from coapdev.errors import (
     BadRequest,
@@ -129,6 +129,14 @@ class ScriptResource(ObservableGuardedResource):
         links = super().get_link_description() or {}
         if self.config.title:
             links["title"] = self.config.title
+        if self.config.kind is not None:
+            typed.add_link_attributes(
+                links,
+                self.config.kind,
+                unit=self.config.unit,
+                device_class=self.config.device_class,
+                value_key=self.config.value_key,
+            )
         return links
 
     def inputs(self, request: Message, who: Principal) -> ScriptInputs:

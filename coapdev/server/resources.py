@@ -25,7 +25,7 @@ from typing import Any
 from aiocoap import Code, Message, resource
 from aiocoap import error as coap_error
 
-from .. import __version__, authz, onboarding
+from .. import __version__, authz, onboarding, typed
 from ..atomic import write_atomic
 from ..audit import AuditLog
 from ..const import (
@@ -39,6 +39,7 @@ from ..const import (
     PROTOCOL_VERSION,
     ContentFormat,
     Key,
+    ResourceKind,
     Role,
 )
 from ..errors import (
@@ -830,6 +831,12 @@ class LightResource(ObservableGuardedResource):
             self.on = bool(json.loads(state_file.read_text()).get(Key.ON.value, False))
         except (OSError, ValueError, AttributeError):
             pass
+
+    def get_link_description(self) -> dict[str, Any]:
+        """Typed as a light, so home-automation clients offer it as one (protocol.md, 4.6)."""
+        links = super().get_link_description()
+        links["title"] = "Demo light"
+        return typed.add_link_attributes(links, ResourceKind.LIGHT)
 
     async def render_get(self, request: Message, who: Principal) -> Message:
         return value_response(request, {Key.ON.value: self.on}, who=who)

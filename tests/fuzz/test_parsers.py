@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.fuzzing import feed
 
-from coapdev import keys, onboarding, payload, qr
+from coapdev import keys, onboarding, payload, qr, typed
 from coapdev.client import parse_address
 from coapdev.const import MAX_CLIENT_NAME_CHARS, ContentFormat
 from coapdev.errors import (
@@ -650,3 +650,46 @@ def test_dtls_record_sniffers(data):
         "_is_finished_retransmit",
     ):
         feed(f"server.dtls.{name}", getattr(dtls, name), data, allowed=())
+
+
+# --- typed resources (what a client reads from /.well-known/core and states) --------
+
+link_attribute_values = (
+    st.none()
+    | st.text(max_size=30)
+    | st.sampled_from(
+        ["coapdev.switch", "coapdev.script coapdev.sensor", "coapdev.button", "core.s", "°C"]
+    )
+)
+
+
+@st.composite
+def link_listings(draw: st.DrawFn) -> str:
+    from aiocoap.util.linkformat import Link, LinkFormat
+
+    names = st.sampled_from(["rt", "if", "title", "unit", "device_class", "value_key", "obs"])
+    links = [
+        Link(draw(st.text(max_size=12)), **draw(st.dictionaries(names, link_attribute_values)))
+        for _ in range(draw(st.integers(0, 6)))
+    ]
+    return str(LinkFormat(links))
+
+
+@given(
+    st.text(max_size=200)
+    | link_listings()
+    | mutated(link_listings().map(str.encode)).map(lambda b: b.decode("utf-8", "replace"))
+)
+def test_typed_resource_listing(text):
+    ok, parsed = feed(
+        "typed.parse_typed_resources", typed.parse_typed_resources, text, allowed=(PayloadError,)
+    )
+    if ok:
+        assert len({r.path for r in parsed}) == len(parsed)
+
+
+@given(cbor_values, st.text(max_size=8))
+def test_typed_resource_states(value, value_key):
+    feed("typed.switch_state", typed.switch_state, value, value_key, allowed=())
+    _, number = feed("typed.sensor_value", typed.sensor_value, value, value_key, allowed=())
+    assert not (isinstance(number, float) and not math.isfinite(number))

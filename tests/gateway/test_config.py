@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from coapdev.const import Role
+from coapdev.const import ResourceKind, Role
 from coapdev.errors import ConfigError
 from gateway.config import (
     InputMode,
@@ -172,3 +172,93 @@ def test_example_configs_in_docs_are_valid():
     assert examples, "docs/examples holds example configs"
     for path in examples:
         load_config(path)
+
+
+# --- typed resources (kind, unit, device_class, value_key) ----------------------------
+
+_SWITCH = (
+    "[[resource]]\npath = '/a'\noutput = 'json'\nget = { run = ['g'] }\nput = { run = ['p'] }\n"
+)
+
+
+def test_typed_resources_parse():
+    cfg = parse(
+        _SWITCH
+        + "kind = 'switch'\ndevice_class = 'outlet'\n"
+        + "[[resource]]\npath = '/t'\ntitle = 'Temperature'\noutput = 'json'\n"
+        + "get = { run = ['t'] }\nkind = 'sensor'\nunit = '°C'\ndevice_class = 'temperature'\n"
+        + "value_key = 'celsius'\n"
+        + "[[resource]]\npath = '/b'\nkind = 'button'\npost = { run = ['b'] }\n"
+        + "[[resource]]\npath = '/w'\nkind = 'binary_sensor'\nobserve = { watch = ['w'] }\n"
+    )
+    switch, sensor, button, watched = cfg.resources
+    assert switch.kind is ResourceKind.SWITCH and switch.device_class == "outlet"
+    assert (sensor.kind, sensor.unit, sensor.device_class, sensor.value_key) == (
+        ResourceKind.SENSOR,
+        "°C",
+        "temperature",
+        "celsius",
+    )
+    assert button.kind is ResourceKind.BUTTON and watched.kind is ResourceKind.BINARY_SENSOR
+    assert parse("[[resource]]\npath = '/u'\nget = { run = ['u'] }").resources[0].kind is None
+
+
+def test_default_config_resources_are_typed():
+    kinds = {r.path_text: r.kind for r in load_default_config().resources}
+    assert kinds == {
+        "/light": ResourceKind.LIGHT,
+        "/temperature": ResourceKind.SENSOR,
+        "/uptime": ResourceKind.SENSOR,
+    }
+
+
+@pytest.mark.parametrize(
+    "text, key, problem",
+    [
+        (_SWITCH + "kind = 'dimmer'", "resource[0].kind", "expected one of 'switch'"),
+        (_SWITCH + "kind = 3", "resource[0].kind", "expected a string"),
+        (_SWITCH + "unit = 'W'", "resource[0].unit", 'needs kind = "sensor"'),
+        (_SWITCH + "kind = 'switch'\nunit = 'W'", "resource[0].unit", 'needs kind = "sensor"'),
+        (_SWITCH + "device_class = 'outlet'", "resource[0].device_class", "needs a kind"),
+        (_SWITCH + "kind = 'light'\ndevice_class = 'x'", "resource[0].device_class", "light"),
+        (
+            _SWITCH + "kind = 'switch'\ndevice_class = 'Outlet!'",
+            "resource[0].device_class",
+            "lower-case letters, digits and _",
+        ),
+        (_SWITCH + "kind = 'sensor'\nunit = 'a\"b'", "resource[0].unit", "quote"),
+        (_SWITCH + "kind = 'sensor'\nunit = ''", "resource[0].unit", "must not be empty"),
+        (_SWITCH + "kind = 'sensor'\nunit = '" + "m" * 33 + "'", "resource[0].unit", "at most 32"),
+        (_SWITCH + 'kind = "sensor"\nunit = "a\\tb"', "resource[0].unit", "printable"),
+        (_SWITCH + "kind = 'sensor'\nunit = 'a\\b'", "resource[0].unit", "backslash"),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['g'] }\nkind = 'sensor'\nvalue_key = 'v'",
+            "resource[0].value_key",
+            'output = "json" or "cbor"',
+        ),
+        (_SWITCH + "kind = 'button'", "resource[0].kind", "needs a post script"),
+        (_SWITCH + "kind = 'button'\nvalue_key = 'on'", "resource[0].value_key", "button"),
+        (
+            "[[resource]]\npath = '/a'\nkind = 'switch'\nget = { run = ['g'] }",
+            "resource[0].kind",
+            "needs a put script",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nkind = 'light'\nput = { run = ['p'] }",
+            "resource[0].kind",
+            "needs a get script or observe.watch",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nkind = 'sensor'\npost = { run = ['p'] }",
+            "resource[0].kind",
+            "needs a get script or observe.watch",
+        ),
+        (_SWITCH + "name = 'Relay'", "resource[0].name", "the display name is 'title'"),
+    ],
+)
+def test_typed_resource_errors_name_the_key(text, key, problem):
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert info.value.key == key
+    assert str(info.value).startswith("test.toml")
+    assert problem in str(info.value)
