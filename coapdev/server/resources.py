@@ -87,11 +87,34 @@ class ServerState:
 
 def refusal_message(exc: RequestRefused) -> Message:
     cls, detail = (int(part) for part in exc.code.split("."))
-    return Message(
-        code=Code(cls * 32 + detail),
-        payload=exc.message.encode("utf-8"),
-        content_format=ContentFormat.TEXT if exc.message else None,
+    return with_diagnostic(
+        Message(
+            code=Code(cls * 32 + detail),
+            payload=exc.message.encode("utf-8"),
+            content_format=ContentFormat.TEXT if exc.message else None,
+        )
     )
+
+
+def with_diagnostic(response: Message, request: Message | None = None) -> Message:
+    """Give an error response without a payload a short diagnostic (docs/protocol.md).
+
+    aiocoap's own refusals (no such resource, method not allowed, bad
+    option) come without one; a client should still learn why.
+    """
+    code = response.code
+    if code is None or response.payload or int(code) < int(Code.BAD_REQUEST):
+        return response
+    path = _path_text(request.opt.uri_path) if request is not None else ""
+    if code == Code.NOT_FOUND and request is not None:
+        text = f"no resource at {path} (GET /.well-known/core lists them)"
+    elif code == Code.METHOD_NOT_ALLOWED and request is not None:
+        text = f"{request.code} is not allowed on {path}"
+    else:
+        text = str(code).split(" ", 1)[-1].lower()
+    response.payload = text.encode("utf-8")
+    response.opt.content_format = ContentFormat.TEXT
+    return response
 
 
 def response_format(request: Message, who: Principal | None = None) -> int:
@@ -120,8 +143,10 @@ def value_response(
 def request_value(request: Message) -> Any:
     """The request payload decoded by its content format (CBOR if none is given)."""
     fmt = request.opt.content_format
-    if fmt is None:
-        fmt = ContentFormat.CBOR if request.payload else ContentFormat.TEXT
+    if not request.payload:
+        fmt = ContentFormat.TEXT  # empty is empty, whatever format it declares
+    elif fmt is None:
+        fmt = ContentFormat.CBOR
     if fmt not in (ContentFormat.CBOR, ContentFormat.JSON, ContentFormat.TEXT):
         raise UnsupportedContentFormat("send CBOR (60), JSON (50) or text (0)")
     try:
@@ -146,6 +171,7 @@ class _LoggedPipe:
         self._logged = False
 
     def add_response(self, response: Message, is_last: bool = False) -> None:
+        with_diagnostic(response, self._original_request)
         if not self._logged:
             self._logged = True
             log_request(self._original_request, self._who, response.code, self._started)
@@ -265,7 +291,7 @@ class DeviceSite(resource.Site):
                     response = Message(code=Code.INTERNAL_SERVER_ERROR)
             assert response is not None
             log_request(request, who, response.code, started)
-            reply(response)
+            reply(with_diagnostic(response, request))
 
         run_to_completion(res.render(request), done)
 
@@ -293,8 +319,19 @@ class DeviceSite(resource.Site):
             details = res.get_link_description() if hasattr(res, "get_link_description") else {}
             if details is None:
                 continue
+            methods = _methods_for(res, role)
+            if methods:
+                details = dict(details, methods=methods)
             links.append(Link("/" + "/".join(path), **details))
         return LinkFormat(links)
+
+
+def _methods_for(res: Any, role: Role | None) -> str:
+    """The methods ``role`` may use on ``res`` ("GET PUT"), for /.well-known/core."""
+    roles = getattr(res, "roles", None)
+    if not isinstance(roles, Mapping):
+        return ""
+    return " ".join(m for m, allowed in roles.items() if role is None or role in allowed)
 
 
 def _source(request: Message) -> str:
