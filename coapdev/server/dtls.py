@@ -119,6 +119,8 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.recent_exchanges: Any = None
         #: The client's ChangeCipherSpec was seen (so its Finished is decryptable).
         self.saw_ccs = False
+        #: Its identity is unknown: that failure is counted once, not again as a wrong key.
+        self.identity_unknown = False
         self._claims: tuple[str, ...] = ()
 
     # --- EndpointAddress ---
@@ -436,7 +438,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if self._asked_identity is not None:
             identity, known = self._asked_identity
             peer._pending_identity = identity
-            if not known:
+            if not known and not peer.identity_unknown:
+                peer.identity_unknown = True
                 self.stats["handshake-unknown-identity"] += 1
                 self.handshake_failed(_host_of(addr), "unknown identity")
         for level, code in self._events:
@@ -459,9 +462,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
             and peer._pending_identity is not None
             and _has_epoch1_handshake(data)
         ):
-            # The client's Finished did not verify: its key is wrong.
-            self.stats["handshake-wrong-key"] += 1
-            self.handshake_failed(_host_of(addr), "wrong key")
+            # The client's Finished did not verify: its key is wrong (an
+            # unknown identity has no key at all, and was counted already).
+            if not peer.identity_unknown:
+                self.stats["handshake-wrong-key"] += 1
+                self.handshake_failed(_host_of(addr), "wrong key")
             self._send_plain_alert(addr, _ALERT_DECRYPT_ERROR)
             self._close_peer(peer, "wrong key", notify=False)
             return
