@@ -410,6 +410,17 @@ def test_block_size(device, config_dir):
     assert len(blocks) >= 3000 // 64, len(blocks)
 
 
+def test_block_size_for_uploads(device, config_dir):
+    payload = bytes(range(256)) * 2
+    out = run_cli(
+        config_dir, "-v", "put", "/record", "--file", "-", "--block-size", "16", input=payload
+    )
+    assert out.returncode == 0, out.stderr
+    assert last_request(device)["stdin"] == payload
+    sent = [line for line in out.stderr.decode().splitlines() if "-> CON PUT" in line]
+    assert len(sent) == len(payload) // 16, len(sent)
+
+
 def test_accept_by_name_or_number(device, config_dir):
     assert json.loads(ok(config_dir, "get", "/light", "--accept", "json", "--raw")) == {"on": False}
     assert json.loads(ok(config_dir, "get", "/light", "--accept", "50", "--raw")) == {"on": False}
