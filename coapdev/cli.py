@@ -766,8 +766,8 @@ async def _retire_replaced(
     from .client import Client, revoke_self
     from .errors import ClientError, HandshakeRejected
 
-    if old.client_id == new.client_id:
-        return
+    if old.device_id != new.device_id or old.client_id == new.client_id:
+        return  # another device now answers at the old one's address: leave that one alone
     try:
         if old.role == "admin" and new.role != "admin":
             async with Client(old, timeout_s=args.timeout) as client:

@@ -158,6 +158,9 @@ class DeviceRegistry:
         ]
         if len(named) == 1:
             return named[0]
+        if len(named) > 1:
+            ids = ", ".join(c.device_id for c in named)
+            raise UnknownDevice(f"several known devices are named {escape_text(text)!r}: {ids}")
         try:
             address, _ = parse_address(text)
         except ClientError:
