@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "observe",
         help="print a resource's state and every change",
         description="Print the state of a resource and every change, until --count values or "
-        "Ctrl-C. While the device does not answer, say so on stderr, and again when it is "
+        "Ctrl-C. It never gives up while access is allowed (--timeout bounds each "
+        "attempt). While the device does not answer, say so on stderr, and again when it is "
         "back. With --exec, a local command runs for each value instead (no shell; the "
         "payload on stdin; COAPDEV_EVENT=value, lost (the device stopped answering, empty "
         "stdin) or restored (the first value after that), COAPDEV_DEVICE, COAPDEV_PATH, "
@@ -732,11 +733,17 @@ def _onboarded_before(old: Any, registry: Any) -> Any:
     from .client import escape_text
     from .errors import ClientError
 
+    if old.role == "admin":  # the device may refuse to revoke its last admin
+        how = (
+            "onboard with --replace (the admin role carries over), or drop these credentials "
+            f"with 'coapdev forget {old.device_id}' (the device keeps listing the client)"
+        )
+    else:
+        how = f"run 'coapdev forget {old.device_id} --revoke' first, or onboard with --replace"
     return ClientError(
         f"device {old.device_id} is already onboarded here as client {escape_text(old.name)!r} "
         f"({old.role or 'unknown role'}, id {old.client_id}), credentials in {registry.path}; "
-        f"nothing was minted. Run 'coapdev forget {old.device_id} --revoke' first, or onboard "
-        "with --replace"
+        f"nothing was minted: {how}"
     )
 
 
