@@ -57,6 +57,14 @@ class Policy:
         """A policy from roles per method: ``Policy.of(GET=ALL_ROLES)``."""
         return cls({method: Rule(roles) for method, roles in methods.items()})
 
+    def methods_for(self, role: Role | None) -> list[str]:
+        """The methods (not finer operations) ``role`` may use; every one for None."""
+        return [
+            op
+            for op, rule in self.rules.items()
+            if " " not in op and (role is None or role in rule.roles)
+        ]
+
     @property
     def visible_to(self) -> frozenset[Role]:
         """Roles for which the resource is listed in /.well-known/core."""

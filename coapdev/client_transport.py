@@ -7,7 +7,12 @@ internals.  Additions over the stock transport:
   got answers but never completed can be told apart from a device that is
   not there at all (tinydtls drops a wrong-key Finished silently);
 - sessions can be dropped on demand, so the next request handshakes anew
-  (after a gateway restart, eviction or rekey).
+  (after a gateway restart, eviction or rekey);
+- a connection that never got going (no route, a socket error) shuts down
+  without an AttributeError, and credentials match URIs with and without
+  the default port (aiocoap drops ``:5684`` from the URIs it builds);
+- an optional ``trace`` callback hears every datagram and CoAP message
+  (``coapdev -v``), and the block size can be lowered (``--block-size``).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiocoap import Context
+from aiocoap.numbers import COAPS_PORT
 from aiocoap.transports.tinydtls import (
     CODE_CLOSE_NOTIFY,
+    DTLS_EVENT_CONNECTED,
+    LEVEL_NOALERT,
     LEVEL_WARNING,
     CloseNotifyReceived,
     DTLSClientConnection,
@@ -38,14 +46,79 @@ class SessionDropped(Exception):
     """The client ended a DTLS session on purpose (it seemed dead, or was renewed)."""
 
 
+#: DTLS record content types and handshake message types, for ``-v`` traces.
+_RECORD_TYPES = {20: "ChangeCipherSpec", 21: "Alert", 22: "Handshake", 23: "ApplicationData"}
+_HANDSHAKE_TYPES = {
+    1: "ClientHello",
+    2: "ServerHello",
+    3: "HelloVerifyRequest",
+    12: "ServerKeyExchange",
+    14: "ServerHelloDone",
+    16: "ClientKeyExchange",
+}
+_DTLS_HEADER_BYTES = 13
+
+
+def describe_dtls(data: bytes) -> str:
+    """The records of one DTLS datagram, named (encrypted handshake messages stay unnamed)."""
+    parts = []
+    pos = 0
+    while pos + _DTLS_HEADER_BYTES <= len(data):
+        content_type = data[pos]
+        epoch = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        length = int.from_bytes(data[pos + 11 : pos + 13], "big")
+        name = _RECORD_TYPES.get(content_type, f"record {content_type}")
+        body = data[pos + _DTLS_HEADER_BYTES : pos + _DTLS_HEADER_BYTES + length]
+        if content_type == 22 and epoch == 0 and body:
+            name = _HANDSHAKE_TYPES.get(body[0], f"Handshake {body[0]}")
+        elif content_type == 22:
+            name = "Finished (encrypted)"
+        elif content_type == 21 and epoch == 0 and len(body) >= 2:
+            name = f"Alert level {body[0]} code {body[1]}"
+        parts.append(name)
+        pos += _DTLS_HEADER_BYTES + length
+    return ", ".join(parts) or f"{len(data)} bytes"
+
+
 class _CountingConnection(DTLSClientConnection):
     datagrams_received = 0
+    #: Largest block size exponent used with this device (6: 1024 bytes).
+    block_size_exp = 6
+
+    @property
+    def maximum_block_size_exp(self) -> int:  # aiocoap reads this for Block1 and Block2
+        return self.block_size_exp
+
+    def _trace(self, text: str) -> None:
+        trace = getattr(self.coaptransport, "trace", None)
+        if trace is not None:
+            trace(text)
+
+    def _write(self, recipient: Any, data: bytes) -> int:
+        if getattr(self, "_queue", None) is not None:  # still handshaking
+            self._trace(f"DTLS -> {self.hostinfo}: {describe_dtls(data)} ({len(data)} bytes)")
+        return super()._write(recipient, data)
+
+    def _read(self, sender: Any, data: bytes) -> int:
+        trace = getattr(self.coaptransport, "trace", None)
+        if trace is not None:
+            from aiocoap import Message
+
+            try:
+                trace(f"<- {describe_message(Message.decode(data, self))}")
+            except Exception:
+                trace(f"<- {len(data)} bytes that are not a CoAP message")
+        return super()._read(sender, data)
 
     class SingleConnection(DTLSClientConnection.SingleConnection):
         def datagram_received(self, data: bytes, addr: Any) -> None:
             parent = self.parent()
             if parent is not None:
                 parent.datagrams_received += 1
+                if parent._queue is not None:
+                    parent._trace(
+                        f"DTLS <- {parent.hostinfo}: {describe_dtls(data)} ({len(data)} bytes)"
+                    )
             super().datagram_received(data, addr)
             if parent is not None and parent._queue is not None:
                 parent._drive_retransmissions()  # the handshake moved: keep its timer alive
@@ -73,13 +146,29 @@ class _CountingConnection(DTLSClientConnection):
     def shutdown(self) -> None:
         # Once only, and never re-entered: resetting the tinydtls peer can call
         # back into _event (an alert), whose error handling shuts down again,
-        # and a second resetPeer of a peer being freed corrupts memory.
+        # and a second resetPeer of a peer being freed corrupts memory.  A
+        # connection whose start failed (no route to the host) has no
+        # retransmission task, DTLS socket or transport yet: skip what is missing.
         if self.__dict__.get("_shut_down"):
             return
         self._shut_down = True
-        super().shutdown()
+        self._remove_from_pool()
+        for name in ("_startup", "_retransmission_task"):
+            task = self.__dict__.get(name)
+            if task is not None:
+                task.cancel()
+        connection = self.__dict__.get("_connection")
+        dtls_socket = self.__dict__.get("_dtls_socket")
+        if connection is not None and dtls_socket is not None:
+            self._connection = None
+            dtls_socket.resetPeer(connection)
+        transport = self.__dict__.get("_transport")
+        if transport is not None:
+            transport.close()
 
     def _event(self, level: int, code: int) -> None:
+        if (level, code) == (LEVEL_NOALERT, DTLS_EVENT_CONNECTED):
+            self._trace(f"DTLS handshake with {self.hostinfo} complete")
         if (level, code) == (LEVEL_WARNING, CODE_CLOSE_NOTIFY):
             # The device closed the session (restart, eviction, revocation).
             # tinydtls has freed it; end it here too, so pending requests and
@@ -94,14 +183,44 @@ class _CountingConnection(DTLSClientConnection):
 
 class _ClientDtlsInterface(MessageInterfaceTinyDTLS):
     on_session_end: Any = None
+    trace: Any = None
+    block_size_exp = 6
 
     def _connection_for_address(self, host: str, port: int, pskId: bytes, psk: bytes) -> Any:
         key = (host, port, pskId)
         connection = self._pool.get(key)
         if connection is None:
             connection = _CountingConnection(host, port, pskId, psk, self)
+            connection.block_size_exp = self.block_size_exp
             self._pool[key] = connection
+            if self.trace is not None:
+                self.trace(f"DTLS handshake with {connection.hostinfo} as {pskId!r}")
         return connection
+
+    def send(self, message: Any) -> None:
+        if self.trace is not None:
+            self.trace(f"-> {describe_message(message)}")
+        super().send(message)
+
+
+def describe_message(message: Any) -> str:
+    """One line for a CoAP message: type, code, id, token, options, payload size."""
+    from aiocoap.numbers import OptionNumber
+
+    options = []
+    for option in message.opt.option_list():
+        try:
+            name = OptionNumber(option.number).name.replace("_", "-").title()
+        except Exception:
+            name = str(int(option.number))
+        value = option.value
+        shown = value.hex() if isinstance(value, bytes) else str(value)
+        options.append(f"{name}: {shown}")
+    token = message.token.hex() or "-"
+    described = f"{message.mtype} {message.code} mid={message.mid} token={token}"
+    if options:
+        described += " [" + ", ".join(options) + "]"
+    return described + f" {len(message.payload)} bytes payload"
 
 
 @dataclass
@@ -131,7 +250,15 @@ class ClientTransport:
         self.remote = None
 
     @classmethod
-    async def create(cls, uri_base: str, identity: bytes, key: bytes) -> ClientTransport:
+    async def create(
+        cls,
+        uri_base: str,
+        identity: bytes,
+        key: bytes,
+        *,
+        trace: Any = None,
+        block_size_exp: int = 6,
+    ) -> ClientTransport:
         loop = asyncio.get_running_loop()
         context = Context(loop=loop, loggername="coapdev.client.coap")
         holder: dict[str, _ClientDtlsInterface] = {}
@@ -140,13 +267,18 @@ class ClientTransport:
             interface = await _ClientDtlsInterface.create_client_transport_endpoint(
                 mman, log=context.log, loop=loop
             )
+            interface.trace = trace
+            interface.block_size_exp = block_size_exp
             holder["interface"] = interface
             return interface
 
         await context._append_tokenmanaged_messagemanaged_transport(make)
-        context.client_credentials.load_from_dict(
-            {f"{uri_base}/*": {"dtls": {"psk": key, "client-identity": identity}}}
-        )
+        credentials = {"dtls": {"psk": key, "client-identity": identity}}
+        patterns = {f"{uri_base}/*": credentials}
+        default_port = f":{COAPS_PORT}"
+        if uri_base.endswith(default_port):  # aiocoap leaves the default port out of URIs
+            patterns[uri_base.removesuffix(default_port) + "/*"] = credentials
+        context.client_credentials.load_from_dict(patterns)
         return cls(context, holder["interface"])
 
     def session(self) -> SessionState:

@@ -7,6 +7,10 @@ id when its address changed.
 
 ``COAPDEV_MDNS_INTERFACES`` (comma-separated addresses, e.g. ``127.0.0.1``)
 restricts both sides to those interfaces; tests use it to stay on loopback.
+Without it, a gateway bound to one address announces only on the interface
+that holds that address, and one bound to the wildcard address announces on
+every interface and follows their addresses as they change (DHCP, an IPv4
+address lost, IPv6 gained), checked every ``ADDRESS_CHECK_S``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,31 @@ from .const import (
 log = logging.getLogger("coapdev.discovery")
 
 ENV_INTERFACES = "COAPDEV_MDNS_INTERFACES"
+#: How often an advertiser on the wildcard address looks for changed addresses.
+ADDRESS_CHECK_S = 2.0
+_WILDCARD_HOSTS = ("", "::", "0.0.0.0", "*")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def advertising_interfaces(host: str, explicit: list[str] | None = None) -> Any:
+    """Where a gateway bound to ``host`` announces itself.
+
+    Explicit interfaces (argument or ``COAPDEV_MDNS_INTERFACES``) win; else
+    a specific address announces only on its own interface (a gateway on
+    127.0.0.1 does not tell the LAN about 127.0.0.1); else every interface.
+    """
+    if explicit or os.environ.get(ENV_INTERFACES, "").strip():
+        return _interfaces(explicit)
+    if host not in _WILDCARD_HOSTS and _is_ip(host):
+        return [host]
+    return _interfaces(None)
 
 
 def _interfaces(explicit: list[str] | None = None) -> Any:
@@ -73,12 +102,16 @@ class DiscoveredDevice:
     @property
     def address(self) -> str:
         """The best address to reach it: IPv4 first, then global IPv6, then link-local."""
+        return self.ranked_addresses()[0]
+
+    def ranked_addresses(self) -> list[str]:
+        """Every advertised address, best first (IPv4, global IPv6, link-local IPv6)."""
 
         def rank(a: str) -> tuple[int, str]:
             ip = ipaddress.ip_address(a.split("%", 1)[0])
             return (0 if ip.version == 4 else 2 if ip.is_link_local else 1, a)
 
-        return sorted(self.addresses, key=rank)[0]
+        return sorted(self.addresses, key=rank)
 
     @property
     def hostport(self) -> str:
@@ -100,6 +133,7 @@ class Advertiser:
     _info: Any = None
     _open: bool | None = None
     _addresses: list[str] = field(default_factory=list)
+    _interfaces: Any = None
 
     def _service_info(self, onboarding: bool) -> Any:
         from zeroconf import ServiceInfo
@@ -120,22 +154,43 @@ class Advertiser:
         )
 
     async def start(self) -> None:
+        self._interfaces = advertising_interfaces(self.host, self.interfaces)
+        self._addresses = _advertised_addresses(self.host, self._interfaces)
+        if not self._addresses:
+            if self.host in _WILDCARD_HOSTS:
+                log.info("no address to advertise yet; announcing once one appears")
+                return
+            raise OSError("no address to advertise")
+        await self._register()
+
+    async def _register(self) -> None:
         from zeroconf.asyncio import AsyncZeroconf
 
-        interfaces = _interfaces(self.interfaces)
-        self._addresses = _advertised_addresses(self.host, interfaces)
-        if not self._addresses:
-            raise OSError("no address to advertise")
+        interfaces = self._interfaces
+        if not isinstance(interfaces, list):
+            interfaces = _interfaces(None)  # InterfaceChoice.All: enumerated anew
         self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=_ip_version(interfaces))
         self._open = self.onboarding_open()
+        name = self._info.name if self._info is not None else None
         self._info = self._service_info(self._open)
+        if name is not None:
+            self._info.name = name  # keep a name changed by conflict resolution
         await self._zc.async_register_service(self._info, allow_name_change=True)
         log.info("advertising %s on mDNS (%s)", self._info.name, ", ".join(self._addresses))
 
     async def follow(self, interval_s: float = 1.0) -> None:
-        """Update the onboarding TXT record when the window opens or closes."""
+        """Keep the announcement current: the onboarding TXT record, and (on the
+        wildcard address) the addresses, re-announcing when they change."""
+        loop = asyncio.get_running_loop()
+        next_address_check = loop.time() + ADDRESS_CHECK_S
         while True:
             await asyncio.sleep(interval_s)
+            if self.host in _WILDCARD_HOSTS and loop.time() >= next_address_check:
+                next_address_check = loop.time() + ADDRESS_CHECK_S
+                try:
+                    await self._follow_addresses()
+                except Exception as exc:  # never let mDNS trouble stop the gateway
+                    log.warning("mDNS: could not re-announce: %s", exc)
             now_open = self.onboarding_open()
             if now_open != self._open and self._zc is not None:
                 self._open = now_open
@@ -145,13 +200,31 @@ class Advertiser:
                 with contextlib.suppress(Exception):
                     await self._zc.async_update_service(info)
 
-    async def stop(self) -> None:
+    async def _follow_addresses(self) -> None:
+        current = _advertised_addresses(self.host, self._interfaces)
+        if sorted(current) == sorted(self._addresses):
+            return
+        log.info(
+            "addresses changed (%s -> %s): announcing again",
+            ", ".join(self._addresses) or "none",
+            ", ".join(current) or "none",
+        )
+        await self._withdraw()
+        self._addresses = current
+        if current:
+            await self._register()
+
+    async def _withdraw(self) -> None:
         if self._zc is None:
             return
         zc, self._zc = self._zc, None
         with contextlib.suppress(Exception):
             await zc.async_unregister_service(self._info)
-        await zc.async_close()
+        with contextlib.suppress(Exception):
+            await zc.async_close()
+
+    async def stop(self) -> None:
+        await self._withdraw()
 
 
 def _dns_label(name: str) -> str:
@@ -160,7 +233,7 @@ def _dns_label(name: str) -> str:
 
 
 def _advertised_addresses(host: str, interfaces: Any) -> list[str]:
-    if host not in ("", "::", "0.0.0.0", "*"):
+    if host not in _WILDCARD_HOSTS:
         return [host]
     if isinstance(interfaces, list):
         return list(interfaces)

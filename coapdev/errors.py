@@ -173,6 +173,11 @@ class DeviceTimeout(ClientError):
     """The device did not answer in time."""
 
 
+class DeviceUnreachable(DeviceTimeout):
+    """Nothing answered at the device's address at all: not one datagram of the
+    handshake came back, nothing listens there, or there is no route to it."""
+
+
 class NotAuthorized(ClientError):
     """The device answered 4.01 or 4.03."""
 

@@ -166,36 +166,126 @@ def _finish_item(stack: list[int]) -> None:
 def parse_typed_payload(text: str, kind: str = "auto") -> tuple[bytes, int]:
     """Turn a payload typed on a command line into (bytes, content format).
 
-    ``auto``: JSON or CBOR diagnostic notation becomes CBOR; a bare word such
-    as ``on`` is sent as text; text that looks like structured data but does
-    not parse is an error, not silently sent as text.
+    The one rule for ``auto``: text that starts like structured data (``{``,
+    ``[``, ``"``, ``h'``, ``b64'``, ``<<``) is JSON or CBOR diagnostic
+    notation and becomes CBOR (an error if it does not parse); anything else,
+    words and numbers alike (``on``, ``1``, ``true``), is sent as UTF-8 text,
+    so a script reading text gets exactly what was typed.  ``text``,
+    ``json`` and ``cbor`` force one reading (``cbor``: diagnostic notation,
+    so ``1`` is the integer 1).
     """
     if kind == "text":
         return text.encode(), ContentFormat.TEXT
     if kind == "json":
         decode_json(text.encode())
         return text.encode(), ContentFormat.JSON
-    if kind in ("cbor", "auto"):
-        try:
-            return diag_to_cbor(text), ContentFormat.CBOR
-        except PayloadError:
-            if kind == "cbor" or _looks_structured(text):
-                raise
-            return text.encode(), ContentFormat.TEXT
+    if kind == "cbor" or (kind == "auto" and looks_structured(text)):
+        return diag_to_cbor(text), ContentFormat.CBOR
+    if kind == "auto":
+        return text.encode(), ContentFormat.TEXT
     raise PayloadError(f"unknown payload type {kind!r}")
 
 
-def _looks_structured(text: str) -> bool:
-    stripped = text.strip()
-    if not stripped:
-        return False
-    if stripped[0] in "{[\"'" or stripped.startswith(("h'", "b64'", "<<")):
-        return True
+#: How structured payloads start (JSON, or CBOR diagnostic notation).
+STRUCTURED_STARTS = ("{", "[", '"', "h'", "b64'", "<<")
+
+
+def looks_structured(text: str) -> bool:
+    return text.lstrip().startswith(STRUCTURED_STARTS)
+
+
+# --- content formats and options by name, for the command line ------------------------
+
+#: Short names for Content-Format numbers (RFC 7252 and the IANA registry).
+CONTENT_FORMAT_NAMES: dict[str, int] = {
+    "text": 0,
+    "link-format": 40,
+    "xml": 41,
+    "octets": 42,
+    "octet-stream": 42,
+    "exi": 47,
+    "json": 50,
+    "json-patch": 51,
+    "merge-patch": 52,
+    "cbor": 60,
+    "cwt": 61,
+    "senml-json": 110,
+    "senml-cbor": 112,
+}
+MAX_CONTENT_FORMAT = 65535
+
+
+def content_format_number(text: str) -> int:
+    """A Content-Format given as a number (0-65535), a short name or a media type."""
+    word = text.strip().lower()
+    if word.isdigit():
+        number = int(word)
+        if number > MAX_CONTENT_FORMAT:
+            raise PayloadError(f"content format must be 0-{MAX_CONTENT_FORMAT}, got {number}")
+        return number
+    if word in CONTENT_FORMAT_NAMES:
+        return CONTENT_FORMAT_NAMES[word]
+    from aiocoap.numbers import ContentFormat as Registry
+
     try:
-        float(stripped)
-    except ValueError:
-        return False
-    return True
+        return int(Registry.by_media_type(word))
+    except (KeyError, ValueError, TypeError):
+        pass
+    names = ", ".join(sorted(CONTENT_FORMAT_NAMES))
+    raise PayloadError(f"unknown content format {text!r}: a number 0-65535 or one of {names}")
+
+
+def content_format_name(number: int) -> str:
+    """The short name of a Content-Format number, or the number."""
+    for name, value in CONTENT_FORMAT_NAMES.items():
+        if value == number:
+            return name
+    return str(number)
+
+
+MAX_OPTION_NUMBER = 65535
+
+
+def parse_option(text: str) -> tuple[int, bytes]:
+    """``NUMBER=VALUE`` or ``NAME=VALUE`` → (option number, encoded value).
+
+    The value is read by the option's format: a uint option takes a decimal
+    number, a string option text, an opaque one text or ``0x`` and hex
+    digits (``0x`` also works for any option, as the raw bytes).
+    """
+    from aiocoap.numbers import OptionNumber
+    from aiocoap.optiontypes import ContentFormatOption, OpaqueOption, StringOption
+
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise PayloadError(f"option {text!r}: write NUMBER=VALUE (NUMBER=, for an empty value)")
+    key = key.strip()
+    if key.isdigit():
+        number = int(key)
+        if not 0 < number <= MAX_OPTION_NUMBER:
+            raise PayloadError(f"option number must be 1-{MAX_OPTION_NUMBER}, got {number}")
+    else:
+        try:
+            number = int(OptionNumber[key.upper().replace("-", "_")])
+        except KeyError:
+            raise PayloadError(f"unknown option name {key!r}; give its number") from None
+    option_format = OptionNumber(number).format
+    if value.lower().startswith("0x"):
+        try:
+            return number, bytes.fromhex(value[2:])
+        except ValueError:
+            raise PayloadError(f"option {key}: {value!r} is not hex") from None
+    if option_format in (StringOption, OpaqueOption):
+        return number, value.encode("utf-8")
+    # a number: uint options and their kin (content formats, block options)
+    if value == "":
+        return number, b""
+    if option_format is ContentFormatOption and not value.isdigit():
+        value = str(content_format_number(value))
+    if not value.isdigit():
+        raise PayloadError(f"option {key} takes a number, got {value!r}")
+    as_int = int(value)
+    return number, as_int.to_bytes((as_int.bit_length() + 7) // 8, "big")
 
 
 def diag_to_cbor(text: str) -> bytes:

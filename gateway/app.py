@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 from aiocoap import Message
 
 from coapdev.audit import AuditLog
-from coapdev.errors import ConfigError, TooManyRequests
+from coapdev.errors import ConfigError, StateError, TooManyRequests
 from coapdev.ratelimit import AttemptLimiter
 from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
@@ -30,6 +31,77 @@ from .config import GatewayConfig, ResourceConfig
 from .resources import ScriptResource
 
 log = logging.getLogger("coapdev.gateway")
+
+#: Held (flock) by the one gateway serving a state directory; holds its pid.
+LOCK_FILE = "gateway.pid"
+#: Failed or throttled handshakes are logged (at info) once per source per this span;
+#: the next line says how many more there were.
+HANDSHAKE_LOG_INTERVAL_S = 60.0
+#: Sources remembered for that; beyond it the oldest are forgotten (bounded memory).
+HANDSHAKE_LOG_SOURCES = 1024
+
+
+class RateLimitedLog:
+    """One log line per key per interval, with the count of those left out since.
+
+    A peer decides how often handshakes fail; the log must not let it decide
+    how many lines get written.
+    """
+
+    def __init__(self, interval_s: float, max_keys: int) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: str, now: float) -> int | None:
+        """None: stay silent; else log now, mentioning the returned count left out."""
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        self._last.pop(key, None)
+        while len(self._last) >= self.max_keys:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
+class StateDirLock:
+    """One gateway per state directory: a second one refuses to start.
+
+    Two gateways on one directory would advertise ``name-2`` over mDNS and
+    race each other's writes.  The lock is an advisory ``flock`` that the
+    kernel drops when the process dies, so a crash leaves no stale lock;
+    the file keeps the holder's pid for the message.  Local commands
+    (``pair``, ``clients``) do not take it: they are meant to run beside
+    the gateway.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StateError(
+                f"{self.path.parent} is in use by pid {holder} (another coapdev-gateway); "
+                "stop it first, or give this one its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)
 
 
 class Gateway:
@@ -58,16 +130,26 @@ class Gateway:
         self.onboarding_limiter = AttemptLimiter(
             config.onboarding.attempts_burst, config.onboarding.attempts_per_minute
         )
+        self._handshake_log = RateLimitedLog(HANDSHAKE_LOG_INTERVAL_S, HANDSHAKE_LOG_SOURCES)
         self._resources: dict[tuple[str, ...], ScriptResource] = {}
         self._background: list[asyncio.Task[None]] = []
         self.advertiser: Any = None
         self.stopped = asyncio.Event()
+        self._lock = StateDirLock(state_dir)
 
     # --- start and stop --------------------------------------------------------------
 
     async def start(self) -> None:
-        cfg = self.config
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock.acquire()
+        try:
+            await self._start()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
         store = CredentialStore.open(
             self.state_dir,
             onboarding_window_s=cfg.onboarding.window_s,
@@ -106,7 +188,7 @@ class Gateway:
         await server.start()
         dtls = getattr(server.transport, "dtls", None)
         if dtls is not None:
-            dtls.admit_handshake = self.handshake_limiter.allowed
+            dtls.admit_handshake = self._admit_handshake
             dtls.handshake_failed = self._handshake_failed
         if cfg.onboarding.button:
             self._background.append(asyncio.create_task(self._button(cfg.onboarding.button)))
@@ -125,6 +207,7 @@ class Gateway:
             res.retire()
         if self.server is not None:
             await self.server.stop()
+        self._lock.release()
         self.stopped.set()
 
     def install_signal_handlers(self, stop: asyncio.Event) -> None:
@@ -203,6 +286,21 @@ class Gateway:
     def _handshake_failed(self, host: str, reason: str) -> None:
         self.handshake_limiter.failure(host)
         self.audit.refusal("handshake-failed", host, reason=reason)
+        left_out = self._handshake_log(f"failed {host}", time.monotonic())
+        if left_out is not None:
+            more = f" ({left_out} more since the last line)" if left_out else ""
+            log.info("handshake from %s failed: %s%s", host, reason, more)
+
+    def _admit_handshake(self, host: str) -> bool:
+        if self.handshake_limiter.allowed(host):
+            return True
+        left_out = self._handshake_log(f"throttled {host}", time.monotonic())
+        if left_out is not None:
+            more = f" ({left_out} more since the last line)" if left_out else ""
+            log.info(
+                "rate-limited: ignoring handshakes from %s after repeated failures%s", host, more
+            )
+        return False
 
     async def _button(self, argv: tuple[str, ...]) -> None:
         """A pairing button: each line the command prints opens onboarding."""

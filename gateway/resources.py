@@ -297,6 +297,8 @@ class ScriptResource(ObservableGuardedResource):
         return result.stdout
 
     def _script_input(self, payload: bytes, content_format: int | None) -> bytes:
+        if not payload:
+            return b""  # empty whatever its declared format (clients send one on every request)
         if self.config.input is InputMode.JSON and content_format in (
             ContentFormat.CBOR,
             ContentFormat.JSON,

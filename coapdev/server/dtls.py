@@ -140,6 +140,8 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.saw_ccs = False
         #: The identity this session counts against (once connected).
         self.counted_identity: str | None = None
+        #: Its identity is unknown: that failure is counted once, not again as a wrong key.
+        self.identity_unknown = False
         self._claims: tuple[Any, ...] = ()
 
     # --- EndpointAddress ---
@@ -471,7 +473,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
             identity, claim = self._asked_identity
             peer._pending_identity = identity
             peer._pending_claim = claim
-            if claim is None:
+            if claim is None and not peer.identity_unknown:
+                peer.identity_unknown = True
                 self.stats["handshake-unknown-identity"] += 1
                 self.handshake_failed(_host_of(addr), "unknown identity")
         for level, code in self._events:
@@ -495,9 +498,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
             and peer._pending_identity is not None
             and _has_epoch1_handshake(data)
         ):
-            # The client's Finished did not verify: its key is wrong.
-            self.stats["handshake-wrong-key"] += 1
-            self.handshake_failed(_host_of(addr), "wrong key")
+            # The client's Finished did not verify: its key is wrong (an
+            # unknown identity has no key at all, and was counted already).
+            if not peer.identity_unknown:
+                self.stats["handshake-wrong-key"] += 1
+                self.handshake_failed(_host_of(addr), "wrong key")
             self._send_plain_alert(addr, _ALERT_DECRYPT_ERROR)
             self._close_peer(peer, "wrong key", notify=False)
             return

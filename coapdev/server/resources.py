@@ -206,14 +206,37 @@ class ServerState:
 
 def refusal_message(exc: RequestRefused) -> Message:
     cls, detail = (int(part) for part in exc.code.split("."))
-    message = Message(
-        code=Code(cls * 32 + detail),
-        payload=exc.message.encode("utf-8"),
-        content_format=ContentFormat.TEXT if exc.message else None,
+    message = with_diagnostic(
+        Message(
+            code=Code(cls * 32 + detail),
+            payload=exc.message.encode("utf-8"),
+            content_format=ContentFormat.TEXT if exc.message else None,
+        )
     )
     if exc.retry_after_s is not None:
         message.opt.max_age = max(1, math.ceil(exc.retry_after_s))
     return message
+
+
+def with_diagnostic(response: Message, request: Message | None = None) -> Message:
+    """Give an error response without a payload a short diagnostic (docs/protocol.md).
+
+    aiocoap's own refusals (no such resource, method not allowed, bad
+    option) come without one; a client should still learn why.
+    """
+    code = response.code
+    if code is None or response.payload or int(code) < int(Code.BAD_REQUEST):
+        return response
+    path = _path_text(request.opt.uri_path) if request is not None else ""
+    if code == Code.NOT_FOUND and request is not None:
+        text = f"no resource at {path} (GET /.well-known/core lists them)"
+    elif code == Code.METHOD_NOT_ALLOWED and request is not None:
+        text = f"{request.code} is not allowed on {path}"
+    else:
+        text = str(code).split(" ", 1)[-1].lower()
+    response.payload = text.encode("utf-8")
+    response.opt.content_format = ContentFormat.TEXT
+    return response
 
 
 def response_format(request: Message, who: Principal | None = None) -> int:
@@ -242,8 +265,10 @@ def value_response(
 def request_value(request: Message) -> Any:
     """The request payload decoded by its content format (CBOR if none is given)."""
     fmt = request.opt.content_format
-    if fmt is None:
-        fmt = ContentFormat.CBOR if request.payload else ContentFormat.TEXT
+    if not request.payload:
+        fmt = ContentFormat.TEXT  # empty is empty, whatever format it declares
+    elif fmt is None:
+        fmt = ContentFormat.CBOR
     if fmt not in (ContentFormat.CBOR, ContentFormat.JSON, ContentFormat.TEXT):
         raise UnsupportedContentFormat("send CBOR (60), JSON (50) or text (0)")
     try:
@@ -268,6 +293,7 @@ class _LoggedPipe:
         self._logged = False
 
     def add_response(self, response: Message, is_last: bool = False) -> None:
+        with_diagnostic(response, self._original_request)
         if not self._logged:
             self._logged = True
             log_request(self._original_request, self._who, response.code, self._started)
@@ -377,7 +403,7 @@ class DeviceSite(resource.Site):
                     log.error("rendering %s failed", _path_text(request.opt.uri_path), exc_info=exc)
                     response = Message(code=Code.INTERNAL_SERVER_ERROR)
             assert response is not None
-            reply(response)  # first: nothing after the handler may keep the answer back
+            reply(with_diagnostic(response, request))  # first: nothing may keep it back
             log_request(request, principal.label, response.code, started)
 
         run_to_completion(res.render_admitted(request, principal), done)
@@ -394,8 +420,17 @@ class DeviceSite(resource.Site):
             details = res.get_link_description() if hasattr(res, "get_link_description") else {}
             if details is None:
                 continue
+            methods = _methods_for(res, role)
+            if methods:
+                details = dict(details, methods=methods)
             links.append(Link("/" + "/".join(path), **details))
         return LinkFormat(links)
+
+
+def _methods_for(res: Any, role: Role | None) -> str:
+    """The methods ``role`` may use on ``res`` ("GET PUT"), for /.well-known/core."""
+    policy = getattr(res, "policy", None)
+    return " ".join(policy.methods_for(role)) if policy is not None else ""
 
 
 def _source(request: Message) -> str:

@@ -60,7 +60,8 @@ def test_bad_utf8_text():
         ('{"on": true}', {"on": True}, ContentFormat.CBOR),
         ("{\"k\": h'0102'}", {"k": b"\x01\x02"}, ContentFormat.CBOR),
         ("[1, 2]", [1, 2], ContentFormat.CBOR),
-        ("42", 42, ContentFormat.CBOR),
+        ("42", "42", ContentFormat.TEXT),  # words and numbers alike are text
+        ("true", "true", ContentFormat.TEXT),
         ("on", "on", ContentFormat.TEXT),
         ("hello world", "hello world", ContentFormat.TEXT),
     ],

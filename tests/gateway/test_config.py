@@ -157,7 +157,7 @@ def test_check_command_reports_file_and_key(tmp_path):
         f"coapdev-gateway: {bad}: resource[0].get.timeout_s: expected a number, got a string"
     )
     good = tmp_path / "ok.toml"
-    good.write_text("[[resource]]\npath = '/a'\nget = { run = ['a'] }\n")
+    good.write_text("[[resource]]\npath = '/a'\nget = { run = ['true'] }\n")
     ok = subprocess.run(
         [sys.executable, "-m", "gateway", "--check", str(good)],
         capture_output=True,

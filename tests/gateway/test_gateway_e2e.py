@@ -352,7 +352,7 @@ def test_cli_observe_exec_runs_command_per_notification(
     )
     env = dict(os.environ, COAPDEV_CONFIG_DIR=str(config_dir))
     proc = subprocess.Popen(
-        [PY, "-m", "coapdev", "observe", "/value", "--count", "3", "--exec", PY, str(handler)],
+        [*(PY, "-m", "coapdev", "observe", "/value", "--count", "3"), "--exec", PY, "--", handler],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
