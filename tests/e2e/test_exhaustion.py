@@ -510,3 +510,123 @@ def test_alerts_from_clients_never_corrupt_the_session_table(gateway_factory, tm
 
     outcomes = run(scenario(), 60)
     assert outcomes == ["connected"] * 6 + ["kept session answered"], outcomes
+
+
+def test_one_hostile_host_is_held_to_its_caps_while_others_are_served(
+    gateway_factory, tmp_path, run
+):
+    """One host with several identities opens many sessions, registers as many observations
+    as it can, floods requests that aiocoap (not the fast path) handles and GETs on a
+    watch-only resource: it gets no more than the per-host and per-identity caps, the
+    gateway's memory stays within the bound docs/reliability.md gives for one host, and a
+    client on another address is served throughout."""
+    from aiocoap import Code, Message
+    from aiocoap.optiontypes import BlockOption
+
+    from coapdev.server import budget
+    from coapdev.store import CredentialStore
+
+    gw = gateway_factory(
+        config=config(
+            tmp_path,
+            extra='[[resource]]\npath = "/button"\n'
+            'observe = { watch = ["sh", "-c", "echo up; exec sleep 3600"] }\n',
+        ),
+        start=False,
+    )
+    store = CredentialStore.open(gw.state_dir, onboarding_window_s=900)
+    store.mint_client("owner", now=time.time())
+    legit = store.mint_client("legit", now=time.time())
+    hostile = [store.mint_client(f"hostile-{i}", now=time.time()) for i in range(4)]
+    gw.start()
+    legit_creds = Credentials(
+        store.device.id, DeviceAddress("127.0.0.1", gw.port), legit.identity, legit.key
+    )
+    HOST = "127.0.5.5"
+
+    def attack() -> dict[str, int]:
+        sessions = []
+        for record in hostile:
+            for _ in range(24):
+                c = RawDtlsClient(
+                    "127.0.0.1",
+                    gw.port,
+                    record.identity.encode(),
+                    record.key,
+                    sock=udp_socket(HOST),
+                )
+                if c.handshake(3.0):
+                    sessions.append(c)
+        pump_all(sessions, 0.5)
+        alive = [c for c in sessions if not c.closed_by_peer]
+        mid = 0
+        for n, c in enumerate(alive):
+            for k in range(80):
+                mid += 1
+                m = Message(code=Code.GET, uri_path=("light",), observe=0)
+                m.mtype, m.mid, m.token = 0, mid % 65536, (n * 100 + k).to_bytes(4, "big")
+                c.send_plain(m.encode())
+            pump_all(alive, 0.05)
+        pump_all(alive, 1.0)
+        accepted = sum(
+            1 for c in alive for raw in c.received if Message.decode(raw).opt.observe is not None
+        )
+        for c in alive:
+            c.received.clear()
+        for _ in range(60):  # requests the fast path leaves to aiocoap
+            for c in alive:
+                mid += 1
+                m = Message(code=Code.GET, uri_path=("light",))
+                m.opt.block2 = BlockOption.BlockwiseTuple(0, False, 4)
+                m.mtype, m.mid, m.token = 0, mid % 65536, mid.to_bytes(4, "big")
+                c.send_plain(m.encode())
+            pump_all(alive, 0.02)
+        first = Message(code=Code.GET, uri_path=("button",))  # the watcher starts and prints
+        first.mtype, first.mid, first.token = 0, 1, b"\x01"
+        alive[0].send_plain(first.encode())
+        pump_all(alive, 1.0)
+        for c in alive:
+            c.received.clear()
+        for c in alive[:8]:  # a burst of GETs on a watch-only resource
+            for _ in range(50):
+                mid += 1
+                m = Message(code=Code.GET, uri_path=("button",))
+                m.mtype, m.mid, m.token = 0, mid % 65536, mid.to_bytes(4, "big")
+                c.send_plain(m.encode())
+        pump_all(alive, 2.0)
+        answered_button = sum(
+            1 for c in alive[:8] for raw in c.received if Message.decode(raw).payload == b"up"
+        )
+        still = sum(1 for c in alive if not c.closed_by_peer)
+        for c in sessions:
+            c.close()
+        return {"accepted": accepted, "alive": still, "button": answered_button}
+
+    async def scenario():
+        async with Client(legit_creds, timeout_s=5) as dev:
+            assert (await dev.get("/device")).ok
+            rss_before = rss_kib(gw.proc.pid)
+            attacker = asyncio.create_task(asyncio.to_thread(attack))
+            served = 0
+            while not attacker.done():
+                assert (await dev.get("/device")).ok  # served throughout
+                served += 1
+                await asyncio.sleep(0.2)
+            outcome = await attacker
+            rss_peak = rss_kib(gw.proc.pid)
+            assert (await dev.get("/light")).ok
+        return outcome, served, rss_before, rss_peak
+
+    outcome, served, rss_before, rss_peak = run(scenario(), 120)
+    assert served >= 3
+    assert outcome["accepted"] <= budget.MAX_OBSERVATIONS_PER_HOST, outcome
+    assert outcome["accepted"] >= 0.9 * budget.MAX_OBSERVATIONS_PER_HOST, outcome  # caps, not luck
+    assert outcome["alive"] <= budget.MAX_SESSIONS_PER_HOST, outcome
+    assert outcome["button"] >= 8 * 50 * 0.9, outcome  # answered from the latest line
+    # docs/reliability.md: one host's worst case under the defaults.
+    assert rss_peak - rss_before < HOSTILE_HOST_BOUND_MIB * MIB, (rss_peak - rss_before) / MIB
+    assert "Traceback" not in gw.log()
+
+
+#: What one host can make the gateway hold under the default limits (docs/reliability.md).
+HOSTILE_HOST_BOUND_MIB = 16
