@@ -66,7 +66,7 @@ def test_well_known_core_lists_kinds_units_and_classes(gateway_factory, tmp_path
     assert content_format == ContentFormat.LINK_FORMAT
     assert (
         '</relay>;ct="50";rt="coapdev.script coapdev.switch";obs;title="Garden relay";'
-        'if="core.a";device_class="outlet"'
+        'if="core.a";device_class="outlet";methods="GET PUT"'
     ) in text.split(",")
     assert 'unit="°C"' in text and 'device_class="temperature"' in text
     resources = {r.path: r for r in parse_typed_resources(text)}
