@@ -27,6 +27,8 @@ from aiocoap.transports.tinydtls import (
     MessageInterfaceTinyDTLS,
 )
 
+from .dtls_build import patched_dtls
+
 log = logging.getLogger("coapdev.client")
 
 
@@ -132,6 +134,7 @@ class ClientTransport:
 
     @classmethod
     async def create(cls, uri_base: str, identity: bytes, key: bytes) -> ClientTransport:
+        patched_dtls()  # aiocoap's tinydtls client must run on coapdev's build too
         loop = asyncio.get_running_loop()
         context = Context(loop=loop, loggername="coapdev.client.coap")
         holder: dict[str, _ClientDtlsInterface] = {}

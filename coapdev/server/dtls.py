@@ -42,6 +42,7 @@ from aiocoap.message import Message
 from DTLSSocket import dtls
 
 from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
+from ..dtls_build import patched_dtls
 
 log = logging.getLogger("coapdev.dtls")
 
@@ -216,7 +217,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._by_session_key: dict[tuple[str, int], DtlsPeer] = {}
         #: Sessions still in their handshake, oldest first (a subset of _peers).
         self._handshaking: collections.OrderedDict[tuple, DtlsPeer] = collections.OrderedDict()
-        self._ctx = dtls.DTLS(
+        self._ctx = patched_dtls().DTLS(
             read=self._on_read,
             write=self._on_write,
             event=self._on_event,
