@@ -26,7 +26,7 @@ from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
 from coapdev.store import CredentialStore, StoreLimits
 
-from .config import GatewayConfig, ResourceConfig
+from .config import DtlsConfig, GatewayConfig, ResourceConfig
 from .resources import ScriptResource
 
 log = logging.getLogger("coapdev.gateway")
@@ -87,6 +87,8 @@ class Gateway:
                 idle_timeout_s=cfg.limits.idle_timeout_s,
                 handshake_timeout_s=cfg.limits.handshake_timeout_s,
                 max_handshakes=cfg.limits.max_handshakes,
+                require_extended_master_secret=cfg.dtls.require_extended_master_secret,
+                require_renegotiation_info=cfg.dtls.require_renegotiation_info,
             ),
             max_observations_per_session=cfg.limits.max_observations_per_session,
             max_uploads_per_resource=cfg.limits.max_uploads_per_resource,
@@ -101,6 +103,11 @@ class Gateway:
         if dtls is not None:
             dtls.admit_handshake = self.handshake_limiter.allowed
             dtls.handshake_failed = self._handshake_failed
+        elif cfg.dtls != DtlsConfig(True, True):
+            log.warning(
+                "device.transport = 'aiocoap' requires extended_master_secret and "
+                "renegotiation_info from every client; the [dtls] settings apply to 'coapdev'"
+            )
         if cfg.onboarding.button:
             self._background.append(asyncio.create_task(self._button(cfg.onboarding.button)))
         if cfg.advertise:
@@ -151,6 +158,8 @@ class Gateway:
         old = self.config
         if (new.host, new.port, new.transport) != (old.host, old.port, old.transport):
             log.warning("host, port and transport changes take effect at the next restart")
+        if new.dtls != old.dtls:
+            self._apply_handshake_policy(new)
         if new.demo_light != old.demo_light:
             log.warning("device.demo_light changes take effect at the next restart")
         old_by_path = {r.path: r for r in old.resources}
@@ -172,6 +181,22 @@ class Gateway:
         log.info("config reloaded from %s: %d resources", new.source, len(new.resources))
         self.audit.record("config-reloaded", resources=len(new.resources))
         return True
+
+    def _apply_handshake_policy(self, cfg: GatewayConfig) -> None:
+        """[dtls] settings apply to the next handshake; sessions already open stay."""
+        dtls = getattr(self.server.transport if self.server else None, "dtls", None)
+        if dtls is None:
+            log.warning("[dtls] changes take effect at the next restart")
+            return
+        dtls.set_handshake_policy(
+            require_extended_master_secret=cfg.dtls.require_extended_master_secret,
+            require_renegotiation_info=cfg.dtls.require_renegotiation_info,
+        )
+        log.info(
+            "handshake policy: extended_master_secret %s, renegotiation_info %s",
+            "required" if cfg.dtls.require_extended_master_secret else "optional",
+            "required" if cfg.dtls.require_renegotiation_info else "optional",
+        )
 
     # --- onboarding ------------------------------------------------------------------
 

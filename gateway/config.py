@@ -105,6 +105,19 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class DtlsConfig:
+    """Which TLS extensions a client's ClientHello must offer (docs/security.md).
+
+    Off by default: Tradfri-class client stacks offer neither, and with PSK
+    only and no renegotiation the attacks these extensions stop do not apply.
+    Whatever a client offers is used either way.
+    """
+
+    require_extended_master_secret: bool = False
+    require_renegotiation_info: bool = False
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: str
     host: str = "::"
@@ -116,6 +129,7 @@ class GatewayConfig:
     transport: str = "coapdev"
     onboarding: OnboardingConfig = field(default_factory=OnboardingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dtls: DtlsConfig = field(default_factory=DtlsConfig)
     resources: tuple[ResourceConfig, ...] = ()
 
 
@@ -265,7 +279,7 @@ class _Reader:
     # --- sections ---
 
     def gateway(self, doc: Mapping[str, Any]) -> GatewayConfig:
-        self.known(doc, "", ("device", "onboarding", "limits", "resource"))
+        self.known(doc, "", ("device", "onboarding", "limits", "dtls", "resource"))
         device = self.table(doc.get("device", {}), "device")
         self.known(
             device,
@@ -311,6 +325,7 @@ class _Reader:
             transport=transport,
             onboarding=self.onboarding(doc.get("onboarding", {})),
             limits=self.limits(doc.get("limits", {})),
+            dtls=self.dtls(doc.get("dtls", {})),
             resources=resources,
         )
 
@@ -399,6 +414,21 @@ class _Reader:
                 "limits.max_uploads_per_resource",
                 low=1,
                 high=1_000_000,
+            ),
+        )
+
+    def dtls(self, value: Any) -> DtlsConfig:
+        t = self.table(value, "dtls")
+        self.known(t, "dtls", ("require_extended_master_secret", "require_renegotiation_info"))
+        d = DtlsConfig()
+        return DtlsConfig(
+            require_extended_master_secret=self.boolean(
+                t.get("require_extended_master_secret", d.require_extended_master_secret),
+                "dtls.require_extended_master_secret",
+            ),
+            require_renegotiation_info=self.boolean(
+                t.get("require_renegotiation_info", d.require_renegotiation_info),
+                "dtls.require_renegotiation_info",
             ),
         )
 

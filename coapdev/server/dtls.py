@@ -14,6 +14,10 @@ identity's session.  This transport:
 - handshakes that stall (the client vanished, or its key was wrong) are
   reset after a timeout; a wrong key is answered at once with a fatal
   ``decrypt_error`` alert, so clients fail fast instead of timing out;
+- which TLS extensions a client must offer is a setting
+  (``extended_master_secret``, ``renegotiation_info``); a handshake tinydtls
+  refuses, for that or any other reason, is reported like every failed one;
+  an established session is never renegotiated;
 - a lost final server flight is sent again when the client retransmits its
   Finished (tinydtls would ignore it and the handshake would hang);
 - a large receive buffer against bursts of handshakes;
@@ -59,6 +63,7 @@ _ALERT_CLOSE_NOTIFY = 0
 _CT_CHANGE_CIPHER_SPEC = 20
 _CT_ALERT = 21
 _CT_HANDSHAKE = 22
+_CT_APPLICATION_DATA = 23
 _HT_CLIENT_HELLO = 1
 _HT_SERVER_HELLO = 2
 _RECORD_HEADER_LEN = 13
@@ -83,6 +88,12 @@ class DtlsServerOptions:
     max_handshakes: int = 256
     #: Socket receive buffer (bursts of handshakes overflow the default).
     receive_buffer_bytes: int = 4 * 1024 * 1024
+    #: Refuse a ClientHello without the extended_master_secret extension
+    #: (RFC 7627).  Either way it is used whenever the client offers it.
+    require_extended_master_secret: bool = False
+    #: Refuse a ClientHello with neither the renegotiation_info extension nor
+    #: TLS_EMPTY_RENEGOTIATION_INFO_SCSV (RFC 5746); answered whenever offered.
+    require_renegotiation_info: bool = False
 
 
 class _Phase:
@@ -223,11 +234,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
             event=self._on_event,
             pskId=b"coapdev",
             pskStore=_PskStore(self),
+            forceExtendedMasterSecret=options.require_extended_master_secret,
+            forceRenegotiationInfo=options.require_renegotiation_info,
         )
         # Per-datagram scratch state, filled by the callbacks.
         self._current_sockaddr: Any = None
         self._current_peer: DtlsPeer | None = None
         self._sent_server_hello = False
+        #: Description of a fatal alert tinydtls sent in the clear (it refused the handshake).
+        self._sent_fatal_alert: int | None = None
         self._recording_flight: list[bytes] | None = None
         self._plaintexts: list[bytes] = []
         self._events: list[tuple[int, int]] = []
@@ -338,6 +353,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def session_count(self) -> int:
         return len(self._peers)
 
+    def set_handshake_policy(
+        self, *, require_extended_master_secret: bool, require_renegotiation_info: bool
+    ) -> None:
+        """Change which extensions the next ClientHello must offer (open sessions stay)."""
+        self.options.require_extended_master_secret = require_extended_master_secret
+        self.options.require_renegotiation_info = require_renegotiation_info
+        self._ctx.forceExtendedMasterSecret = require_extended_master_secret
+        self._ctx.forceRenegotiationInfo = require_renegotiation_info
+
     def connected_identities(self) -> list[str]:
         return [p.identity for p in self._peers.values() if p.identity is not None]
 
@@ -406,9 +430,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
             ):
                 self._resend_final_flight(peer)
                 return
+            if peer.phase == _Phase.CONNECTED and _starts_renegotiation(data):
+                # No renegotiation (docs/security.md, handshake policy): tinydtls
+                # would start a new handshake inside this session.
+                self.stats["dropped-renegotiation"] += 1
+                return
         self._current_sockaddr = addr
         self._current_peer = peer
         self._sent_server_hello = False
+        self._sent_fatal_alert = None
         self._plaintexts = []
         self._events = []
         self._asked_identity = None
@@ -433,6 +463,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self._forget_peer(peer, "new handshake from the same address")
             peer = self._new_peer(addr, key, now)
         if peer is None:
+            if self._sent_fatal_alert is not None:
+                # tinydtls refused a ClientHello that had passed the cookie exchange.
+                self._handshake_refused(addr, _refusal_reason(data, self._sent_fatal_alert))
             return
         if self._asked_identity is not None:
             identity, known = self._asked_identity
@@ -452,6 +485,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 # tinydtls has already freed its side of the session.
                 self._forget_peer(peer, "closed by peer" if code == 0 else f"alert {code}")
                 return
+        if self._sent_fatal_alert is not None and peer.phase == _Phase.HANDSHAKE:
+            # tinydtls ended this handshake with a fatal alert (it may still hold
+            # the peer, closing): end it on both sides, reported once.
+            unknown_identity = self._asked_identity is not None and not self._asked_identity[1]
+            reason = _refusal_reason(data, self._sent_fatal_alert)
+            if not unknown_identity:
+                self._handshake_refused(addr, reason)
+            self._close_peer(peer, reason, notify=False)
+            return
         if peer.phase == _Phase.HANDSHAKE and not peer.saw_ccs:
             peer.saw_ccs = _has_change_cipher_spec(data)
         if (
@@ -516,9 +558,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 if peer is None:
                     return len(data)
                 sockaddr = peer.sockaddr
-            if data and data[0] == _CT_HANDSHAKE and len(data) > _RECORD_HEADER_LEN:
-                if data[3:5] == b"\x00\x00" and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
+            if len(data) > _RECORD_HEADER_LEN + 1 and data[3:5] == b"\x00\x00":
+                if data[0] == _CT_HANDSHAKE and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
                     self._sent_server_hello = True
+                elif data[0] == _CT_ALERT and data[_RECORD_HEADER_LEN] == _LEVEL_FATAL:
+                    self._sent_fatal_alert = data[_RECORD_HEADER_LEN + 1]
             if self._recording_flight is not None:
                 self._recording_flight.append(data)
             self._send_datagram(data, sockaddr)
@@ -590,6 +634,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._handshaking[key] = peer
         self._by_session_key[(peer.session.addr, peer.session.port)] = peer
         return peer
+
+    def _handshake_refused(self, sockaddr: Any, reason: str) -> None:
+        """tinydtls refused a handshake from a real address (past the cookie exchange)."""
+        self.stats["handshake-refused"] += 1
+        log.info("refused a handshake from %s: %s", _host_of(sockaddr), reason)
+        self.handshake_failed(_host_of(sockaddr), reason)
 
     def _handshake_abandoned(self, peer: DtlsPeer, reason: str) -> None:
         """A handshake that will not finish; it counts against its source's allowance."""
@@ -750,9 +800,76 @@ def _split_at_alert(data: bytes) -> tuple[bytes, bytes | None]:
     return data, None
 
 
+#: Names of the alerts tinydtls sends when it refuses a handshake (RFC 5246, 7.2).
+_ALERT_NAMES = {
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    40: "handshake_failure",
+    47: "illegal_parameter",
+    50: "decode_error",
+    51: "decrypt_error",
+    70: "protocol_version",
+    71: "insufficient_security",
+    80: "internal_error",
+}
+
+
+def _refusal_reason(data: bytes, alert: int) -> str:
+    """Why tinydtls refused: for a ClientHello, which of the required extensions it lacked."""
+    name = _ALERT_NAMES.get(alert, f"alert {alert}")
+    offers = _client_hello_offers(data) if _is_client_hello(data) else None
+    if offers is None:
+        return f"handshake refused ({name})"
+    lacking = [
+        what
+        for what, offered in zip(
+            ("extended_master_secret", "renegotiation_info"), offers, strict=True
+        )
+        if not offered
+    ]
+    if not lacking:
+        return f"ClientHello refused ({name})"
+    return f"ClientHello without {' and '.join(lacking)} refused ({name})"
+
+
+def _client_hello_offers(data: bytes) -> tuple[bool, bool] | None:
+    """Whether a plaintext ClientHello offers extended_master_secret and secure
+    renegotiation (the extension or the SCSV); None if it cannot be parsed."""
+    try:
+        body = data[_RECORD_HEADER_LEN + 12 :]
+        pos = 2 + 32  # client_version, random
+        pos += 1 + body[pos]  # session_id
+        pos += 1 + body[pos]  # cookie
+        suites_len = int.from_bytes(body[pos : pos + 2], "big")
+        suites = body[pos + 2 : pos + 2 + suites_len]
+        scsv = any(suites[i : i + 2] == b"\x00\xff" for i in range(0, len(suites) - 1, 2))
+        pos += 2 + suites_len
+        pos += 1 + body[pos]  # compression methods
+        extensions: set[int] = set()
+        if pos + 2 <= len(body):
+            end = min(len(body), pos + 2 + int.from_bytes(body[pos : pos + 2], "big"))
+            pos += 2
+            while pos + 4 <= end:
+                extensions.add(int.from_bytes(body[pos : pos + 2], "big"))
+                pos += 4 + int.from_bytes(body[pos + 2 : pos + 4], "big")
+        return 0x0017 in extensions, scsv or 0xFF01 in extensions
+    except IndexError:
+        return None
+
+
 def _has_epoch1_handshake(data: bytes) -> bool:
     """The datagram carries an encrypted handshake record: the client's Finished."""
     return any(ct == _CT_HANDSHAKE and epoch == 1 for ct, epoch in _records(data))
+
+
+def _starts_renegotiation(data: bytes) -> bool:
+    """An encrypted handshake record on an established session (a ClientHello, since
+    retransmitted Finished messages never get this far)."""
+    if data[0] == _CT_APPLICATION_DATA and (
+        _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= len(data)
+    ):
+        return False  # the usual case: one application data record
+    return _has_epoch1_handshake(data)
 
 
 def _has_change_cipher_spec(data: bytes) -> bool:

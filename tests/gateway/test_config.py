@@ -121,6 +121,13 @@ def test_full_resource():
         ),
         ("[onboarding]\nwindow_s = -1", "onboarding.window_s", "at least 1"),
         ("[limits]\nmax_sessions = 0", "limits.max_sessions", "between 1"),
+        (
+            "[dtls]\nrequire_extended_master_secret = 'yes'",
+            "dtls.require_extended_master_secret",
+            "expected true or false",
+        ),
+        ("[dtls]\nrequire_renegotiation = true", "dtls.require_renegotiation", "did you mean"),
+        ("dtls = 1", "dtls", "expected a table"),
         ("this is not toml", "", "invalid TOML"),
     ],
 )
@@ -172,3 +179,12 @@ def test_example_configs_in_docs_are_valid():
     assert examples, "docs/examples holds example configs"
     for path in examples:
         load_config(path)
+
+
+def test_dtls_handshake_policy_defaults_to_accepting_and_can_require_both():
+    assert parse("").dtls.require_extended_master_secret is False
+    assert parse("").dtls.require_renegotiation_info is False
+    strict = parse(
+        "[dtls]\nrequire_extended_master_secret = true\nrequire_renegotiation_info = true"
+    ).dtls
+    assert strict.require_extended_master_secret and strict.require_renegotiation_info

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 
 import pytest
+from support import REPO
 
 from coapdev.client import Client, Credentials, DeviceAddress
 from coapdev.errors import HandshakeFailed
 from coapdev.server.device import DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
 from coapdev.store import CredentialStore
+
+sys.path.insert(0, str(REPO / "tools"))
 
 NOW = time.time()
 
@@ -192,6 +196,40 @@ def test_lost_final_flight_is_sent_again(tmp_path):
             assert dtls(server).stats["final-flight-resent"] >= 1
         finally:
             proxy.close()
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_established_session_is_never_renegotiated(tmp_path):
+    """A ClientHello inside a session never reaches tinydtls: no handshake, no answer."""
+    from aiocoap import Code, Message
+    from reliability.dtls12 import CT_HANDSHAKE, Dtls12PskClient, HelloOptions
+
+    async def scenario():
+        server = await start_device(tmp_path)
+        try:
+            creds = creds_for(server, "renegotiator")
+
+            def renegotiate() -> tuple[list, Message]:
+                bare = HelloOptions(extended_master_secret=False, renegotiation_info=False)
+                with Dtls12PskClient(
+                    "127.0.0.1", server.port, creds.identity.encode(), creds.key, hello=bare
+                ) as c:
+                    c.handshake()
+                    get = Message(code=Code.GET, uri_path=("device",))
+                    get.mtype, get.mid, get.token = 0, 1, b"r"
+                    assert Message.decode(c.request(get.encode())).code == Code.CONTENT
+                    c.send_protected(CT_HANDSHAKE, c.renegotiation_hello())
+                    answer = c.receive(1.0)
+                    get.mid = 2
+                    return answer, Message.decode(c.request(get.encode()))
+
+            answer, after = await asyncio.to_thread(renegotiate)
+            assert answer == [] and after.code == Code.CONTENT
+            assert dtls(server).stats["handshakes"] == 1  # no second "connected" event
+            assert dtls(server).stats["dropped-renegotiation"] == 1
+        finally:
             await server.stop()
 
     asyncio.run(scenario())
