@@ -9,8 +9,10 @@ identity's session.  This transport:
 - one tinydtls context for all peers, sessions keyed by the real address;
 - Python state for a peer only once tinydtls accepted its cookie (the
   server has sent a ServerHello), so spoofed sources cost nothing;
-- close_notify and fatal alerts free the session; idle sessions are evicted;
-  a configurable cap evicts the least recently active session;
+- close_notify and fatal alerts free the session, once tinydtls has
+  authenticated them (a plaintext alert for an established session is
+  dropped); idle sessions are evicted; a configurable cap evicts the least
+  recently active session;
 - handshakes that stall (the client vanished, or its key was wrong) are
   reset after a timeout; a wrong key is answered at once with a fatal
   ``decrypt_error`` alert, so clients fail fast instead of timing out;
@@ -376,39 +378,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
     # --- the datagram path -----------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        data, alert = _split_at_alert(data)
-        if data:
-            self._handle_records(data, addr)
-        if alert is not None:
-            self._alert_received(alert, addr)
-
-    def _alert_received(self, record: bytes, addr: Any) -> None:
-        """An alert record ends the session; tinydtls never sees it.
-
-        DTLSSocket 0.2.3 bundles a tinydtls whose ``handle_alert`` removes the
-        peer from its hash table twice (eclipse-tinydtls/tinydtls#269): every
-        close_notify or fatal alert from a client corrupts the table's counters
-        and, after a few thousand, the server dies of SIGFPE.  So alerts are
-        handled here and the session is freed with ``dtls_reset_peer``, which
-        removes it once.  An encrypted alert cannot be read here: any alert
-        record from a session's own address ends it (a client reconnects on
-        its next request; see docs/security.md).
-        """
-        peer = self._peers.get((addr[0], addr[1]))
-        if peer is None:
-            self.stats["dropped-unknown-peer"] += 1
-            return
-        self.stats["alerts"] += 1
-        epoch = int.from_bytes(record[3:5], "big")
-        if epoch == 0 and len(record) >= _RECORD_HEADER_LEN + 2:
-            level, code = record[_RECORD_HEADER_LEN], record[_RECORD_HEADER_LEN + 1]
-            reason = "closed by peer" if code == _ALERT_CLOSE_NOTIFY else f"alert {level}/{code}"
-        else:
-            reason = "closed by peer (encrypted alert)"
-        if peer.phase == _Phase.HANDSHAKE:
-            self._handshake_abandoned(peer, f"handshake ended by the client: {reason}")
-        else:
-            self._close_peer(peer, reason, notify=False)
+        """Every record goes to tinydtls, alerts too: it ends a session only for an
+        alert that decrypted and verified under the session's keys, and drops a
+        plaintext alert for an established session (anyone can forge one)."""
+        self._handle_records(data, addr)
 
     def _handle_records(self, data: bytes, addr: Any) -> None:
         key = (addr[0], addr[1])
@@ -482,8 +455,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 peer.final_flight = flight or []
                 self.stats["handshakes"] += 1
             elif level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _ALERT_CLOSE_NOTIFY):
-                # tinydtls has already freed its side of the session.
-                self._forget_peer(peer, "closed by peer" if code == 0 else f"alert {code}")
+                # tinydtls authenticated the alert and has freed its side of the session.
+                self.stats["alerts"] += 1
+                reason = f"alert {level}/{code}"
+                if code == _ALERT_CLOSE_NOTIFY:
+                    reason = "closed by peer"
+                if peer.phase == _Phase.HANDSHAKE:
+                    reason = f"handshake ended by the client: {reason}"
+                    self.handshake_failed(_host_of(addr), reason)
+                self._forget_peer(peer, reason)
                 return
         if self._sent_fatal_alert is not None and peer.phase == _Phase.HANDSHAKE:
             # tinydtls ended this handshake with a fatal alert (it may still hold
@@ -779,25 +759,6 @@ def _records(data: bytes):
     """(content type, epoch) of each record."""
     for pos, _ in _record_spans(data):
         yield data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
-
-
-def _split_at_alert(data: bytes) -> tuple[bytes, bytes | None]:
-    """The records before the first alert record, and that alert record (or None).
-
-    A truncated alert record (its length runs past the datagram) would be
-    ignored by tinydtls too: it is cut off and not acted on.
-    """
-    size = len(data)
-    if (
-        size >= _RECORD_HEADER_LEN
-        and data[0] != _CT_ALERT
-        and _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= size
-    ):
-        return data, None  # the usual case: one record, not an alert
-    for pos, end in _record_spans(data):
-        if data[pos] == _CT_ALERT:
-            return data[:pos], (data[pos:end] if end <= size else None)
-    return data, None
 
 
 #: Names of the alerts tinydtls sends when it refuses a handshake (RFC 5246, 7.2).

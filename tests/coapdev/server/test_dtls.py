@@ -321,23 +321,3 @@ class _LossyProxy(asyncio.DatagramProtocol):
         self.front.close()
         if self.upstream is not None:
             self.upstream.close()
-
-
-def _record(content_type: int, epoch: int, body: bytes) -> bytes:
-    header = bytes([content_type, 0xFE, 0xFD]) + epoch.to_bytes(2, "big") + bytes(6)
-    return header + len(body).to_bytes(2, "big") + body
-
-
-def test_alert_records_are_split_off_before_tinydtls_sees_them():
-    from coapdev.server.dtls import _split_at_alert
-
-    data = _record(23, 1, b"x" * 30)
-    assert _split_at_alert(data) == (data, None)
-    alert = _record(21, 1, b"y" * 18)
-    assert _split_at_alert(alert) == (b"", alert)
-    handshake = _record(22, 0, b"h" * 40)
-    trailing = _record(22, 1, b"t" * 10)
-    assert _split_at_alert(handshake + alert + trailing) == (handshake, alert)
-    # a truncated alert is cut off and not acted on; so is anything after it
-    assert _split_at_alert(handshake + alert[:-3]) == (handshake, None)
-    assert _split_at_alert(b"\x15\xfe") == (b"\x15\xfe", None)  # no full header: tinydtls drops it
