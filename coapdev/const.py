@@ -20,10 +20,10 @@ DEFAULT_COAPS_PORT: Final = 5684
 #: Tradfri gateways use, so Tradfri client code onboards unchanged.
 FACTORY_IDENTITY: Final = "Client_identity"
 
-#: Limits of the tinydtls bundled with DTLSSocket (see docs/security.md):
-#: longer keys or identities fail the handshake or corrupt memory.
-MAX_PSK_BYTES: Final = 16
-MAX_IDENTITY_BYTES: Final = 32
+#: Limits of coapdev's build of tinydtls (tools/dtlssocket/0004; docs/security.md):
+#: it refuses longer keys and identities.  Stock DTLSSocket 0.2.3 took 16 and 32.
+MAX_PSK_BYTES: Final = 32
+MAX_IDENTITY_BYTES: Final = 64
 
 #: Longest client name accepted at onboarding or rename, in characters.
 MAX_CLIENT_NAME_CHARS: Final = 64
@@ -51,10 +51,10 @@ class Role(StrEnum):
 class KeyFormat(StrEnum):
     """How a minted key is handed to the client at native onboarding.
 
-    ``bytes``: 16 random bytes (128 bits), a CBOR byte string.
+    ``bytes``: 32 random bytes (256 bits), a CBOR byte string.
     ``text``: 16 characters of a 64-symbol alphabet (96 bits); the PSK is
     their ASCII.  For tools that take a PSK only as a command-line string,
-    such as libcoap's ``coap-client -k``.
+    such as libcoap's ``coap-client -k``, and the size Tradfri clients use.
     """
 
     BYTES = "bytes"

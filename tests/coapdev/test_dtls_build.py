@@ -66,3 +66,53 @@ def test_other_builds_are_refused_with_the_fix(monkeypatch, attributes, complain
         assert "tools/setup" in str(caught.value)
     finally:
         dtls_build.patched_dtls.cache_clear()
+
+
+_SERVER = r"""
+import socket, sys
+from DTLSSocket import dtls
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+sock.settimeout(0.2)
+print(sock.getsockname()[1], flush=True)
+peer = []
+def write(addr, data):
+    sock.sendto(data, peer[-1])
+    return len(data)
+ctx = dtls.DTLS(read=lambda a, d: len(d), write=write, event=lambda lv, c: 0,
+                pskId=b"server", pskStore={b"client": b"k" * int(sys.argv[1])})
+for _ in range(50):  # about 10 s at most
+    try:
+        data, addr = sock.recvfrom(4096)
+    except TimeoutError:
+        continue
+    peer.append(addr)
+    ctx.handleMessage(dtls.Session("::ffff:" + addr[0], addr[1]), data)
+print("alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("key_bytes", [33, 64, 200])
+def test_dtlssocket_refuses_a_stored_key_longer_than_its_buffer(key_bytes):
+    """The PSK callback checks the length it copies (stock 0.2.3 overran a 16-byte buffer:
+    a 64-byte key crashed the server); here the handshake fails with an alert."""
+    import subprocess
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from reliability.dtls12 import AlertReceived, Dtls12PskClient
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(key_bytes)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(server.stdout.readline())
+        with Dtls12PskClient("127.0.0.1", port, b"client", b"k" * key_bytes, timeout_s=3) as c:
+            with pytest.raises(AlertReceived) as alert:
+                c.handshake()
+        assert alert.value.level == 2  # fatal (internal_error)
+        assert server.poll() is None, f"the DTLS server died: exit status {server.returncode}"
+    finally:
+        server.kill()
+        server.wait(timeout=10)

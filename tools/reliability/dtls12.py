@@ -460,8 +460,8 @@ class Dtls12PskClient:
         self.sock.settimeout(remaining)
         try:
             return self.sock.recv(4096)
-        except (TimeoutError, BlockingIOError):
-            return None
+        except (TimeoutError, BlockingIOError, ConnectionRefusedError):
+            return None  # (an ICMP port unreachable: nobody is listening)
 
     def _exchange(self, records: list[bytes], deadline: float):
         """Send a flight and yield the handshake messages that come back; resend it once a second.
