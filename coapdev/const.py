@@ -72,6 +72,11 @@ PATH_WELL_KNOWN_CORE: Final = (".well-known", "core")
 PATH_DEMO_LIGHT: Final = ("light",)
 #: Tradfri gateway onboarding: POST /15011/9063.
 PATH_TRADFRI_ONBOARD: Final = ("15011", "9063")
+#: What Tradfri client code asks right after onboarding (coapdev/server/tradfri.py):
+#: gateway information, the device list and the group list.
+PATH_TRADFRI_GATEWAY_INFO: Final = ("15011", "15012")
+PATH_TRADFRI_DEVICES: Final = ("15001",)
+PATH_TRADFRI_GROUPS: Final = ("15004",)
 
 
 # --- CBOR map keys (text keys, so payloads read well in diagnostic notation) --
@@ -108,6 +113,28 @@ class Key(StrEnum):
 TRADFRI_IDENTITY: Final = "9090"
 TRADFRI_PSK: Final = "9091"
 TRADFRI_FIRMWARE: Final = "9029"
+
+
+class TradfriGatewayKey(StrEnum):
+    """Keys of a Tradfri gateway's information object (GET /15011/15012), as
+    Tradfri client code (pytradfri's GatewayInfo) reads them."""
+
+    NAME = "9001"
+    NTP_SERVER = "9023"
+    FIRMWARE = TRADFRI_FIRMWARE
+    OTA_UPDATE_STATE = "9054"
+    UPDATE_PROGRESS = "9055"
+    CURRENT_TIME = "9059"
+    CURRENT_TIME_ISO8601 = "9060"
+    COMMISSIONING_MODE = "9061"
+    OTA_TYPE = "9066"
+    FIRST_SETUP = "9069"
+    TIME_SOURCE = "9071"
+    GATEWAY_ID = "9081"
+    HOMEKIT_ID = "9083"
+    CERTIFICATE_PROVISIONED = "9092"
+    ALEXA_PAIR_STATUS = "9093"
+    GOOGLE_HOME_PAIR_STATUS = "9105"
 
 
 # --- Discovery and QR ---------------------------------------------------------------

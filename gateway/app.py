@@ -24,6 +24,7 @@ from coapdev.errors import ConfigError, TooManyRequests
 from coapdev.ratelimit import AttemptLimiter
 from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
+from coapdev.server.tradfri import add_tradfri_resources
 from coapdev.store import CredentialStore, StoreLimits
 
 from .config import DtlsConfig, GatewayConfig, ResourceConfig
@@ -63,6 +64,12 @@ class Gateway:
         self.advertiser: Any = None
         self.stopped = asyncio.Event()
 
+    @property
+    def device_name(self) -> str:
+        """The name advertised over mDNS and told to Tradfri clients."""
+        assert self.store is not None
+        return self.config.name or f"coapdev-{self.store.device.id}"
+
     # --- start and stop --------------------------------------------------------------
 
     async def start(self) -> None:
@@ -95,6 +102,7 @@ class Gateway:
         )
         server = DeviceServer(store, options, audit=self.audit)
         server.state.before_onboarding = self._before_onboarding
+        add_tradfri_resources(server, lambda: self.device_name)
         self.server = server
         for res_cfg in cfg.resources:
             self._mount(res_cfg)
@@ -267,7 +275,7 @@ class Gateway:
         assert self.store is not None and self.server is not None
         store = self.store
         advertiser = Advertiser(
-            name=self.config.name or f"coapdev-{store.device.id}",
+            name=self.device_name,
             device_id=store.device.id,
             port=self.server.port,
             host=self.host,

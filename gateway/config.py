@@ -506,7 +506,9 @@ class _Reader:
             ("clients",),
             ("rekey",),
             (".well-known",),
-            ("15011",),
+            ("15011",),  # Tradfri: onboarding and gateway information
+            ("15001",),  # Tradfri: devices
+            ("15004",),  # Tradfri: groups
         }
         if segments[:1] in reserved or segments[:2] in reserved:
             raise self.error(key, f"{text!r} is reserved for a built-in resource")

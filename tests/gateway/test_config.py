@@ -108,6 +108,7 @@ def test_full_resource():
             "exactly one",
         ),
         ("[[resource]]\npath = '/onboard'\nget = { run = ['a'] }", "resource[0].path", "reserved"),
+        ("[[resource]]\npath = '/15004'\nget = { run = ['a'] }", "resource[0].path", "reserved"),
         (
             "[[resource]]\npath = '/a'\nget = { run = ['a'] }\n[[resource]]\npath = '/a'\n"
             "get = { run = ['b'] }",
