@@ -109,7 +109,7 @@ def test_revocation_closes_live_sessions(tmp_path):
             async with Client(creds, timeout_s=3) as client:
                 assert (await client.get("/device")).ok
                 record = server.store.find_client("victim")
-                server.store.revoke(record.id, force=True)  # the only client is admin
+                server.store.revoke(record.id)
                 assert dtls(server).drop_sessions([creds.identity]) == 1
                 assert dtls(server).session_count == 0
                 with pytest.raises(HandshakeFailed, match="not known there"):
