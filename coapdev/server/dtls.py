@@ -538,10 +538,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 if peer is None:
                     return len(data)
                 sockaddr = peer.sockaddr
-            if len(data) > _RECORD_HEADER_LEN + 1 and data[3:5] == b"\x00\x00":
-                if data[0] == _CT_HANDSHAKE and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
+            kind = data[0] if data else 0
+            if (  # plaintext (epoch 0) handshake and alert records; never application data
+                (kind == _CT_HANDSHAKE or kind == _CT_ALERT)
+                and len(data) > _RECORD_HEADER_LEN + 1
+                and data[3:5] == b"\x00\x00"
+            ):
+                if kind == _CT_HANDSHAKE and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
                     self._sent_server_hello = True
-                elif data[0] == _CT_ALERT and data[_RECORD_HEADER_LEN] == _LEVEL_FATAL:
+                elif kind == _CT_ALERT and data[_RECORD_HEADER_LEN] == _LEVEL_FATAL:
                     self._sent_fatal_alert = data[_RECORD_HEADER_LEN + 1]
             if self._recording_flight is not None:
                 self._recording_flight.append(data)
