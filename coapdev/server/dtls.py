@@ -66,6 +66,7 @@ _CT_CHANGE_CIPHER_SPEC = 20
 _CT_ALERT = 21
 _CT_HANDSHAKE = 22
 _CT_APPLICATION_DATA = 23
+_APPLICATION_DATA = bytes([_CT_APPLICATION_DATA])
 _HT_CLIENT_HELLO = 1
 _HT_SERVER_HELLO = 2
 _RECORD_HEADER_LEN = 13
@@ -831,9 +832,8 @@ def _has_epoch1_handshake(data: bytes) -> bool:
 def _starts_renegotiation(data: bytes) -> bool:
     """An encrypted handshake record on an established session (a ClientHello, since
     retransmitted Finished messages never get this far)."""
-    if data[0] == _CT_APPLICATION_DATA and (
-        _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= len(data)
-    ):
+    one_record = _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= len(data)
+    if one_record and data[:1] == _APPLICATION_DATA:  # (data[:1]: a datagram may be empty)
         return False  # the usual case: one application data record
     return _has_epoch1_handshake(data)
 

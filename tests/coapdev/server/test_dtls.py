@@ -235,6 +235,36 @@ def test_an_established_session_is_never_renegotiated(tmp_path):
     asyncio.run(scenario())
 
 
+def test_runt_datagrams_on_an_established_session_are_dropped_quietly(tmp_path, caplog):
+    """Empty and truncated datagrams from a session's own address: no traceback, served on."""
+    from aiocoap import Code, Message
+    from reliability.dtls12 import Dtls12PskClient
+
+    async def scenario():
+        server = await start_device(tmp_path)
+        try:
+            creds = creds_for(server, "runt")
+
+            def send_runts() -> Message:
+                with Dtls12PskClient(
+                    "127.0.0.1", server.port, creds.identity.encode(), creds.key
+                ) as c:
+                    c.handshake()
+                    for runt in (b"", b"\x17", b"\x15\xfe\xfd", b"\x16" * 12, b"\x17" * 14):
+                        c.send_datagram(runt)
+                    get = Message(code=Code.GET, uri_path=("device",))
+                    get.mtype, get.mid, get.token = 0, 1, b"r"
+                    return Message.decode(c.request(get.encode()))
+
+            assert (await asyncio.to_thread(send_runts)).code == Code.CONTENT
+        finally:
+            await server.stop()
+
+    with caplog.at_level("ERROR", logger="coapdev.dtls"):
+        asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
 # --- helpers -------------------------------------------------------------------------
 
 
