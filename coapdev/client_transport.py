@@ -35,6 +35,8 @@ from aiocoap.transports.tinydtls import (
     MessageInterfaceTinyDTLS,
 )
 
+from .dtls_build import patched_dtls
+
 log = logging.getLogger("coapdev.client")
 
 
@@ -259,6 +261,7 @@ class ClientTransport:
         trace: Any = None,
         block_size_exp: int = 6,
     ) -> ClientTransport:
+        patched_dtls()  # aiocoap's tinydtls client must run on coapdev's build too
         loop = asyncio.get_running_loop()
         context = Context(loop=loop, loggername="coapdev.client.coap")
         holder: dict[str, _ClientDtlsInterface] = {}

@@ -20,10 +20,10 @@ DEFAULT_COAPS_PORT: Final = 5684
 #: Tradfri gateways use, so Tradfri client code onboards unchanged.
 FACTORY_IDENTITY: Final = "Client_identity"
 
-#: Limits of the tinydtls bundled with DTLSSocket (see docs/security.md):
-#: longer keys or identities fail the handshake or corrupt memory.
-MAX_PSK_BYTES: Final = 16
-MAX_IDENTITY_BYTES: Final = 32
+#: Limits of coapdev's build of tinydtls (tools/dtlssocket/0004; docs/security.md):
+#: it refuses longer keys and identities.  Stock DTLSSocket 0.2.3 took 16 and 32.
+MAX_PSK_BYTES: Final = 32
+MAX_IDENTITY_BYTES: Final = 64
 
 #: Longest client name accepted at onboarding or rename, in characters.
 MAX_CLIENT_NAME_CHARS: Final = 64
@@ -51,10 +51,10 @@ class Role(StrEnum):
 class KeyFormat(StrEnum):
     """How a minted key is handed to the client at native onboarding.
 
-    ``bytes``: 16 random bytes (128 bits), a CBOR byte string.
+    ``bytes``: 32 random bytes (256 bits), a CBOR byte string.
     ``text``: 16 characters of a 64-symbol alphabet (96 bits); the PSK is
     their ASCII.  For tools that take a PSK only as a command-line string,
-    such as libcoap's ``coap-client -k``.
+    such as libcoap's ``coap-client -k``, and the size Tradfri clients use.
     """
 
     BYTES = "bytes"
@@ -72,6 +72,11 @@ PATH_WELL_KNOWN_CORE: Final = (".well-known", "core")
 PATH_DEMO_LIGHT: Final = ("light",)
 #: Tradfri gateway onboarding: POST /15011/9063.
 PATH_TRADFRI_ONBOARD: Final = ("15011", "9063")
+#: What Tradfri client code asks right after onboarding (coapdev/server/tradfri.py):
+#: gateway information, the device list and the group list.
+PATH_TRADFRI_GATEWAY_INFO: Final = ("15011", "15012")
+PATH_TRADFRI_DEVICES: Final = ("15001",)
+PATH_TRADFRI_GROUPS: Final = ("15004",)
 
 
 # --- CBOR map keys (text keys, so payloads read well in diagnostic notation) --
@@ -108,6 +113,28 @@ class Key(StrEnum):
 TRADFRI_IDENTITY: Final = "9090"
 TRADFRI_PSK: Final = "9091"
 TRADFRI_FIRMWARE: Final = "9029"
+
+
+class TradfriGatewayKey(StrEnum):
+    """Keys of a Tradfri gateway's information object (GET /15011/15012), as
+    Tradfri client code (pytradfri's GatewayInfo) reads them."""
+
+    NAME = "9001"
+    NTP_SERVER = "9023"
+    FIRMWARE = TRADFRI_FIRMWARE
+    OTA_UPDATE_STATE = "9054"
+    UPDATE_PROGRESS = "9055"
+    CURRENT_TIME = "9059"
+    CURRENT_TIME_ISO8601 = "9060"
+    COMMISSIONING_MODE = "9061"
+    OTA_TYPE = "9066"
+    FIRST_SETUP = "9069"
+    TIME_SOURCE = "9071"
+    GATEWAY_ID = "9081"
+    HOMEKIT_ID = "9083"
+    CERTIFICATE_PROVISIONED = "9092"
+    ALEXA_PAIR_STATUS = "9093"
+    GOOGLE_HOME_PAIR_STATUS = "9105"
 
 
 # --- Discovery and QR ---------------------------------------------------------------

@@ -153,6 +153,10 @@ class PayloadError(CoapdevError):
     """A payload could not be encoded or decoded (bad JSON, CBOR or notation)."""
 
 
+class DtlsBuildError(CoapdevError):
+    """The DTLSSocket loaded is not coapdev's patched build (see tools/build-dtls)."""
+
+
 # --- Client side --------------------------------------------------------------------
 
 

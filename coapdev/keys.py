@@ -7,8 +7,10 @@ almost every swap of two neighbours before a packet is sent.  Its canonical
 text, 16 ASCII characters without separators, *is* the PSK on the wire (as
 with a Tradfri security code), so any CoAP client handed that text can use it.
 
-Entropy: 15 random characters of 32 symbols = 75 bits; the 16th is the check
-character.  tinydtls caps a PSK at 16 bytes, which is what bounds this.
+Entropy: 19 random characters of 32 symbols = 95 bits; the 20th is the check
+character (shown as five groups of four).  Labels printed before keys grew
+carry 16 characters (75 bits): they are still accepted, and a device keeps
+the key it was provisioned with.
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ _VALUE = {c: i for i, c in enumerate(ALPHABET)}
 _ALIASES = {"O": "0", "I": "1", "L": "1"}
 _SEPARATORS = " -\t"
 
-FACTORY_KEY_CHARS = 16
+FACTORY_KEY_CHARS = 20
 FACTORY_KEY_RANDOM_CHARS = FACTORY_KEY_CHARS - 1
-FACTORY_KEY_BITS = FACTORY_KEY_RANDOM_CHARS * 5
+FACTORY_KEY_BITS = FACTORY_KEY_RANDOM_CHARS * 5  # 95
+#: Factory keys minted before keys grew (15 random characters, 75 bits).
+LEGACY_FACTORY_KEY_CHARS = 16
+#: Lengths a factory key may have, as typed or stored.
+FACTORY_KEY_LENGTHS = (FACTORY_KEY_CHARS, LEGACY_FACTORY_KEY_CHARS)
 
-CLIENT_KEY_BYTES = MAX_PSK_BYTES  # 128 bits
+CLIENT_KEY_BYTES = MAX_PSK_BYTES  # 256 bits
 TEXT_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-TEXT_KEY_CHARS = MAX_PSK_BYTES  # 16 x 6 bits = 96 bits
+#: Text keys stay at 16 characters (96 bits): Tradfri clients expect that size.
+TEXT_KEY_CHARS = 16
 
 IDENTITY_CHARS = 12  # 60 bits: unique per device, and short enough to type
 DEVICE_ID_CHARS = 10
@@ -53,7 +60,7 @@ def _random_chars(alphabet: str, count: int) -> str:
 
 
 def mint_factory_key() -> str:
-    """A new factory key in canonical form (16 characters, last one the check)."""
+    """A new factory key in canonical form (20 characters, last one the check)."""
     data = _random_chars(ALPHABET, FACTORY_KEY_RANDOM_CHARS)
     return data + luhn_check_char(data)
 
@@ -73,10 +80,10 @@ def canonical_factory_key(text: str) -> str:
         raise InvalidKeyText(
             f"factory key contains characters that are never used in keys: {shown}"
         )
-    if len(cleaned) != FACTORY_KEY_CHARS:
+    if len(cleaned) not in FACTORY_KEY_LENGTHS:
         raise InvalidKeyText(
             f"factory key has {len(cleaned)} characters, expected {FACTORY_KEY_CHARS} "
-            "(four groups of four)"
+            f"(five groups of four; {LEGACY_FACTORY_KEY_CHARS} on older labels)"
         )
     if luhn_check_char(cleaned[:-1]) != cleaned[-1]:
         raise InvalidKeyText("factory key does not check out: a character is mistyped")
@@ -84,7 +91,7 @@ def canonical_factory_key(text: str) -> str:
 
 
 def format_factory_key(canonical: str) -> str:
-    """Label form: ``ABCD-EFGH-JKMN-PQRS``."""
+    """Label form: ``ABCD-EFGH-JKMN-PQRS-TVWX``."""
     return "-".join(canonical[i : i + 4] for i in range(0, len(canonical), 4))
 
 
@@ -94,7 +101,7 @@ def factory_psk(canonical: str) -> bytes:
 
 
 def mint_client_key(text: bool = False) -> bytes:
-    """A fresh client PSK: 16 random bytes, or 16 ASCII characters if ``text``."""
+    """A fresh client PSK: 32 random bytes, or 16 ASCII characters if ``text``."""
     if text:
         return _random_chars(TEXT_KEY_ALPHABET, TEXT_KEY_CHARS).encode("ascii")
     return secrets.token_bytes(CLIENT_KEY_BYTES)

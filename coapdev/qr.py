@@ -5,8 +5,8 @@ alphanumeric mode::
 
     COAPDEV:1:<DEVICE ID>:<FACTORY KEY>[:<PORT>]
 
-for example ``COAPDEV:1:K3V9X0Q2MA:7QJ2M4KX9TZC8RNW`` or with a port
-``COAPDEV:1:K3V9X0Q2MA:7QJ2M4KX9TZC8RNW:5700``.  The key is the canonical
+for example ``COAPDEV:1:K3V9X0Q2MA:7QJ2M4KX9TZC8RNW3HF8`` or with a port
+``COAPDEV:1:K3V9X0Q2MA:7QJ2M4KX9TZC8RNW3HF8:5700``.  The key is the canonical
 factory key; its check character catches a mistyped or misread key before
 any traffic.  Parsers accept lower case and surrounding white space, and
 refuse other versions with a clear message.

@@ -25,9 +25,10 @@ from coapdev.errors import ConfigError, StateError, TooManyRequests
 from coapdev.ratelimit import AttemptLimiter
 from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
+from coapdev.server.tradfri import add_tradfri_resources
 from coapdev.store import CredentialStore, StoreLimits
 
-from .config import GatewayConfig, ResourceConfig
+from .config import DtlsConfig, GatewayConfig, ResourceConfig
 from .resources import ScriptResource
 
 log = logging.getLogger("coapdev.gateway")
@@ -137,6 +138,12 @@ class Gateway:
         self.stopped = asyncio.Event()
         self._lock = StateDirLock(state_dir)
 
+    @property
+    def device_name(self) -> str:
+        """The name advertised over mDNS and told to Tradfri clients."""
+        assert self.store is not None
+        return self.config.name or f"coapdev-{self.store.device.id}"
+
     # --- start and stop --------------------------------------------------------------
 
     async def start(self) -> None:
@@ -173,6 +180,8 @@ class Gateway:
                 max_sessions_per_identity=cfg.limits.max_sessions_per_identity,
                 max_exchanges_per_session=cfg.limits.max_exchanges_per_session,
                 max_exchanges=cfg.limits.max_exchanges,
+                require_extended_master_secret=cfg.dtls.require_extended_master_secret,
+                require_renegotiation_info=cfg.dtls.require_renegotiation_info,
             ),
             max_observations_per_session=cfg.limits.max_observations_per_session,
             max_observations_per_client=cfg.limits.max_observations_per_client,
@@ -182,6 +191,7 @@ class Gateway:
         )
         server = DeviceServer(store, options, audit=self.audit)
         server.state.before_onboarding = self._before_onboarding
+        add_tradfri_resources(server, lambda: self.device_name)
         self.server = server
         for res_cfg in cfg.resources:
             self._mount(res_cfg)
@@ -190,6 +200,11 @@ class Gateway:
         if dtls is not None:
             dtls.admit_handshake = self._admit_handshake
             dtls.handshake_failed = self._handshake_failed
+        elif cfg.dtls != DtlsConfig(True, True):
+            log.warning(
+                "device.transport = 'aiocoap' requires extended_master_secret and "
+                "renegotiation_info from every client; the [dtls] settings apply to 'coapdev'"
+            )
         if cfg.onboarding.button:
             self._background.append(asyncio.create_task(self._button(cfg.onboarding.button)))
         if cfg.advertise:
@@ -241,6 +256,8 @@ class Gateway:
         old = self.config
         if (new.host, new.port, new.transport) != (old.host, old.port, old.transport):
             log.warning("host, port and transport changes take effect at the next restart")
+        if new.dtls != old.dtls:
+            self._apply_handshake_policy(new)
         if new.demo_light != old.demo_light:
             log.warning("device.demo_light changes take effect at the next restart")
         old_by_path = {r.path: r for r in old.resources}
@@ -262,6 +279,22 @@ class Gateway:
         log.info("config reloaded from %s: %d resources", new.source, len(new.resources))
         self.audit.record("config-reloaded", resources=len(new.resources))
         return True
+
+    def _apply_handshake_policy(self, cfg: GatewayConfig) -> None:
+        """[dtls] settings apply to the next handshake; sessions already open stay."""
+        dtls = getattr(self.server.transport if self.server else None, "dtls", None)
+        if dtls is None:
+            log.warning("[dtls] changes take effect at the next restart")
+            return
+        dtls.set_handshake_policy(
+            require_extended_master_secret=cfg.dtls.require_extended_master_secret,
+            require_renegotiation_info=cfg.dtls.require_renegotiation_info,
+        )
+        log.info(
+            "handshake policy: extended_master_secret %s, renegotiation_info %s",
+            "required" if cfg.dtls.require_extended_master_secret else "optional",
+            "required" if cfg.dtls.require_renegotiation_info else "optional",
+        )
 
     # --- onboarding ------------------------------------------------------------------
 
@@ -347,7 +380,7 @@ class Gateway:
         assert self.store is not None and self.server is not None
         store = self.store
         advertiser = Advertiser(
-            name=self.config.name or f"coapdev-{store.device.id}",
+            name=self.device_name,
             device_id=store.device.id,
             port=self.server.port,
             host=self.host,

@@ -148,6 +148,19 @@ _COUNT_LIMITS = (
 
 
 @dataclass(frozen=True)
+class DtlsConfig:
+    """Which TLS extensions a client's ClientHello must offer (docs/security.md).
+
+    Off by default: Tradfri-class client stacks offer neither, and with PSK
+    only and no renegotiation the attacks these extensions stop do not apply.
+    Whatever a client offers is used either way.
+    """
+
+    require_extended_master_secret: bool = False
+    require_renegotiation_info: bool = False
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: str
     host: str = "::"
@@ -159,6 +172,7 @@ class GatewayConfig:
     transport: str = "coapdev"
     onboarding: OnboardingConfig = field(default_factory=OnboardingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dtls: DtlsConfig = field(default_factory=DtlsConfig)
     resources: tuple[ResourceConfig, ...] = ()
 
 
@@ -310,7 +324,7 @@ class _Reader:
     # --- sections ---
 
     def gateway(self, doc: Mapping[str, Any]) -> GatewayConfig:
-        self.known(doc, "", ("device", "onboarding", "limits", "resource"))
+        self.known(doc, "", ("device", "onboarding", "limits", "dtls", "resource"))
         device = self.table(doc.get("device", {}), "device")
         self.known(
             device,
@@ -356,6 +370,7 @@ class _Reader:
             transport=transport,
             onboarding=self.onboarding(doc.get("onboarding", {})),
             limits=self.limits(doc.get("limits", {})),
+            dtls=self.dtls(doc.get("dtls", {})),
             resources=resources,
         )
 
@@ -452,6 +467,21 @@ class _Reader:
                 "limits.max_uploads_per_resource",
                 low=1,
                 high=1_000_000,
+            ),
+        )
+
+    def dtls(self, value: Any) -> DtlsConfig:
+        t = self.table(value, "dtls")
+        self.known(t, "dtls", ("require_extended_master_secret", "require_renegotiation_info"))
+        d = DtlsConfig()
+        return DtlsConfig(
+            require_extended_master_secret=self.boolean(
+                t.get("require_extended_master_secret", d.require_extended_master_secret),
+                "dtls.require_extended_master_secret",
+            ),
+            require_renegotiation_info=self.boolean(
+                t.get("require_renegotiation_info", d.require_renegotiation_info),
+                "dtls.require_renegotiation_info",
             ),
         )
 
@@ -614,7 +644,9 @@ class _Reader:
             ("clients",),
             ("rekey",),
             (".well-known",),
-            ("15011",),
+            ("15011",),  # Tradfri: onboarding and gateway information
+            ("15001",),  # Tradfri: devices
+            ("15004",),  # Tradfri: groups
         }
         if segments[:1] in reserved or segments[:2] in reserved:
             raise self.error(key, f"{text!r} is reserved for a built-in resource")

@@ -9,11 +9,17 @@ identity's session.  This transport:
 - one tinydtls context for all peers, sessions keyed by the real address;
 - Python state for a peer only once tinydtls accepted its cookie (the
   server has sent a ServerHello), so spoofed sources cost nothing;
-- close_notify and fatal alerts free the session; idle sessions are evicted;
-  a configurable cap evicts the least recently active session;
+- close_notify and fatal alerts free the session, once tinydtls has
+  authenticated them (a plaintext alert for an established session is
+  dropped); idle sessions are evicted; a configurable cap evicts the least
+  recently active session;
 - handshakes that stall (the client vanished, or its key was wrong) are
   reset after a timeout; a wrong key is answered at once with a fatal
   ``decrypt_error`` alert, so clients fail fast instead of timing out;
+- which TLS extensions a client must offer is a setting
+  (``extended_master_secret``, ``renegotiation_info``); a handshake tinydtls
+  refuses, for that or any other reason, is reported like every failed one;
+  an established session is never renegotiated;
 - a lost final server flight is sent again when the client retransmits its
   Finished (tinydtls would ignore it and the handshake would hang);
 - a large receive buffer against bursts of handshakes;
@@ -45,6 +51,7 @@ from aiocoap.numbers.types import ACK
 from DTLSSocket import dtls
 
 from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
+from ..dtls_build import patched_dtls
 from . import budget
 from .budget import Tally
 
@@ -65,6 +72,8 @@ _ALERT_CLOSE_NOTIFY = 0
 _CT_CHANGE_CIPHER_SPEC = 20
 _CT_ALERT = 21
 _CT_HANDSHAKE = 22
+_CT_APPLICATION_DATA = 23
+_APPLICATION_DATA = bytes([_CT_APPLICATION_DATA])
 _HT_CLIENT_HELLO = 1
 _HT_SERVER_HELLO = 2
 _RECORD_HEADER_LEN = 13
@@ -99,6 +108,12 @@ class DtlsServerOptions:
     #: are forgotten first.  The fast path's own cache is bounded separately.
     max_exchanges_per_session: int = budget.MAX_EXCHANGES_PER_SESSION
     max_exchanges: int = budget.MAX_EXCHANGES
+    #: Refuse a ClientHello without the extended_master_secret extension
+    #: (RFC 7627).  Either way it is used whenever the client offers it.
+    require_extended_master_secret: bool = False
+    #: Refuse a ClientHello with neither the renegotiation_info extension nor
+    #: TLS_EMPTY_RENEGOTIATION_INFO_SCSV (RFC 5746); answered whenever offered.
+    require_renegotiation_info: bool = False
 
 
 class _Phase:
@@ -246,17 +261,21 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._by_session_key: dict[tuple[str, int], DtlsPeer] = {}
         #: Sessions still in their handshake, oldest first (a subset of _peers).
         self._handshaking: collections.OrderedDict[tuple, DtlsPeer] = collections.OrderedDict()
-        self._ctx = dtls.DTLS(
+        self._ctx = patched_dtls().DTLS(
             read=self._on_read,
             write=self._on_write,
             event=self._on_event,
             pskId=b"coapdev",
             pskStore=_PskStore(self),
+            forceExtendedMasterSecret=options.require_extended_master_secret,
+            forceRenegotiationInfo=options.require_renegotiation_info,
         )
         # Per-datagram scratch state, filled by the callbacks.
         self._current_sockaddr: Any = None
         self._current_peer: DtlsPeer | None = None
         self._sent_server_hello = False
+        #: Description of a fatal alert tinydtls sent in the clear (it refused the handshake).
+        self._sent_fatal_alert: int | None = None
         self._recording_flight: list[bytes] | None = None
         self._plaintexts: list[bytes] = []
         self._events: list[tuple[int, int]] = []
@@ -373,6 +392,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def session_count(self) -> int:
         return len(self._peers)
 
+    def set_handshake_policy(
+        self, *, require_extended_master_secret: bool, require_renegotiation_info: bool
+    ) -> None:
+        """Change which extensions the next ClientHello must offer (open sessions stay)."""
+        self.options.require_extended_master_secret = require_extended_master_secret
+        self.options.require_renegotiation_info = require_renegotiation_info
+        self._ctx.forceExtendedMasterSecret = require_extended_master_secret
+        self._ctx.forceRenegotiationInfo = require_renegotiation_info
+
     def connected_identities(self) -> list[str]:
         return [p.identity for p in self._peers.values() if p.identity is not None]
 
@@ -387,39 +415,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
     # --- the datagram path -----------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        data, alert = _split_at_alert(data)
-        if data:
-            self._handle_records(data, addr)
-        if alert is not None:
-            self._alert_received(alert, addr)
-
-    def _alert_received(self, record: bytes, addr: Any) -> None:
-        """An alert record ends the session; tinydtls never sees it.
-
-        DTLSSocket 0.2.3 bundles a tinydtls whose ``handle_alert`` removes the
-        peer from its hash table twice (eclipse-tinydtls/tinydtls#269): every
-        close_notify or fatal alert from a client corrupts the table's counters
-        and, after a few thousand, the server dies of SIGFPE.  So alerts are
-        handled here and the session is freed with ``dtls_reset_peer``, which
-        removes it once.  An encrypted alert cannot be read here: any alert
-        record from a session's own address ends it (a client reconnects on
-        its next request; see docs/security.md).
-        """
-        peer = self._peers.get((addr[0], addr[1]))
-        if peer is None:
-            self.stats["dropped-unknown-peer"] += 1
-            return
-        self.stats["alerts"] += 1
-        epoch = int.from_bytes(record[3:5], "big")
-        if epoch == 0 and len(record) >= _RECORD_HEADER_LEN + 2:
-            level, code = record[_RECORD_HEADER_LEN], record[_RECORD_HEADER_LEN + 1]
-            reason = "closed by peer" if code == _ALERT_CLOSE_NOTIFY else f"alert {level}/{code}"
-        else:
-            reason = "closed by peer (encrypted alert)"
-        if peer.phase == _Phase.HANDSHAKE:
-            self._handshake_abandoned(peer, f"handshake ended by the client: {reason}")
-        else:
-            self._close_peer(peer, reason, notify=False)
+        """Every record goes to tinydtls, alerts too: it ends a session only for an
+        alert that decrypted and verified under the session's keys, and drops a
+        plaintext alert for an established session (anyone can forge one)."""
+        self._handle_records(data, addr)
 
     def _handle_records(self, data: bytes, addr: Any) -> None:
         key = (addr[0], addr[1])
@@ -441,9 +440,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
             ):
                 self._resend_final_flight(peer)
                 return
+            if peer.phase == _Phase.CONNECTED and _starts_renegotiation(data):
+                # No renegotiation (docs/security.md, handshake policy): tinydtls
+                # would start a new handshake inside this session.
+                self.stats["dropped-renegotiation"] += 1
+                return
         self._current_sockaddr = addr
         self._current_peer = peer
         self._sent_server_hello = False
+        self._sent_fatal_alert = None
         self._plaintexts = []
         self._events = []
         self._asked_identity = None
@@ -468,6 +473,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self._forget_peer(peer, "new handshake from the same address")
             peer = self._new_peer(addr, key, now)
         if peer is None:
+            if self._sent_fatal_alert is not None:
+                # tinydtls refused a ClientHello that had passed the cookie exchange.
+                self._handshake_refused(addr, _refusal_reason(data, self._sent_fatal_alert))
             return
         if self._asked_identity is not None:
             identity, claim = self._asked_identity
@@ -487,9 +495,25 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 peer.final_flight = flight or []
                 self.stats["handshakes"] += 1
             elif level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _ALERT_CLOSE_NOTIFY):
-                # tinydtls has already freed its side of the session.
-                self._forget_peer(peer, "closed by peer" if code == 0 else f"alert {code}")
+                # tinydtls authenticated the alert and has freed its side of the session.
+                self.stats["alerts"] += 1
+                reason = f"alert {level}/{code}"
+                if code == _ALERT_CLOSE_NOTIFY:
+                    reason = "closed by peer"
+                if peer.phase == _Phase.HANDSHAKE:
+                    reason = f"handshake ended by the client: {reason}"
+                    self.handshake_failed(_host_of(addr), reason)
+                self._forget_peer(peer, reason)
                 return
+        if self._sent_fatal_alert is not None and peer.phase == _Phase.HANDSHAKE:
+            # tinydtls ended this handshake with a fatal alert (it may still hold
+            # the peer, closing): end it on both sides, reported once.
+            unknown_identity = self._asked_identity is not None and not self._asked_identity[1]
+            reason = _refusal_reason(data, self._sent_fatal_alert)
+            if not unknown_identity:
+                self._handshake_refused(addr, reason)
+            self._close_peer(peer, reason, notify=False)
+            return
         if peer.phase == _Phase.HANDSHAKE and not peer.saw_ccs:
             peer.saw_ccs = _has_change_cipher_spec(data)
         if (
@@ -604,9 +628,16 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 if peer is None:
                     return len(data)
                 sockaddr = peer.sockaddr
-            if data and data[0] == _CT_HANDSHAKE and len(data) > _RECORD_HEADER_LEN:
-                if data[3:5] == b"\x00\x00" and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
+            kind = data[0] if data else 0
+            if (  # plaintext (epoch 0) handshake and alert records; never application data
+                (kind == _CT_HANDSHAKE or kind == _CT_ALERT)
+                and len(data) > _RECORD_HEADER_LEN + 1
+                and data[3:5] == b"\x00\x00"
+            ):
+                if kind == _CT_HANDSHAKE and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
                     self._sent_server_hello = True
+                elif kind == _CT_ALERT and data[_RECORD_HEADER_LEN] == _LEVEL_FATAL:
+                    self._sent_fatal_alert = data[_RECORD_HEADER_LEN + 1]
             if self._recording_flight is not None:
                 self._recording_flight.append(data)
             self._send_datagram(data, sockaddr)
@@ -703,6 +734,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self._close_peer(oldest, "sessions per identity cap reached", notify=True)
         self._sessions_by_identity.add(identity)
         peer.counted_identity = identity
+
+    def _handshake_refused(self, sockaddr: Any, reason: str) -> None:
+        """tinydtls refused a handshake from a real address (past the cookie exchange)."""
+        self.stats["handshake-refused"] += 1
+        log.info("refused a handshake from %s: %s", _host_of(sockaddr), reason)
+        self.handshake_failed(_host_of(sockaddr), reason)
 
     def _handshake_abandoned(self, peer: DtlsPeer, reason: str) -> None:
         """A handshake that will not finish; it counts against its source's allowance."""
@@ -850,28 +887,75 @@ def _records(data: bytes):
         yield data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
 
 
-def _split_at_alert(data: bytes) -> tuple[bytes, bytes | None]:
-    """The records before the first alert record, and that alert record (or None).
+#: Names of the alerts tinydtls sends when it refuses a handshake (RFC 5246, 7.2).
+_ALERT_NAMES = {
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    40: "handshake_failure",
+    47: "illegal_parameter",
+    50: "decode_error",
+    51: "decrypt_error",
+    70: "protocol_version",
+    71: "insufficient_security",
+    80: "internal_error",
+}
 
-    A truncated alert record (its length runs past the datagram) would be
-    ignored by tinydtls too: it is cut off and not acted on.
-    """
-    size = len(data)
-    if (
-        size >= _RECORD_HEADER_LEN
-        and data[0] != _CT_ALERT
-        and _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= size
-    ):
-        return data, None  # the usual case: one record, not an alert
-    for pos, end in _record_spans(data):
-        if data[pos] == _CT_ALERT:
-            return data[:pos], (data[pos:end] if end <= size else None)
-    return data, None
+
+def _refusal_reason(data: bytes, alert: int) -> str:
+    """Why tinydtls refused: for a ClientHello, which of the required extensions it lacked."""
+    name = _ALERT_NAMES.get(alert, f"alert {alert}")
+    offers = _client_hello_offers(data) if _is_client_hello(data) else None
+    if offers is None:
+        return f"handshake refused ({name})"
+    lacking = [
+        what
+        for what, offered in zip(
+            ("extended_master_secret", "renegotiation_info"), offers, strict=True
+        )
+        if not offered
+    ]
+    if not lacking:
+        return f"ClientHello refused ({name})"
+    return f"ClientHello without {' and '.join(lacking)} refused ({name})"
+
+
+def _client_hello_offers(data: bytes) -> tuple[bool, bool] | None:
+    """Whether a plaintext ClientHello offers extended_master_secret and secure
+    renegotiation (the extension or the SCSV); None if it cannot be parsed."""
+    try:
+        body = data[_RECORD_HEADER_LEN + 12 :]
+        pos = 2 + 32  # client_version, random
+        pos += 1 + body[pos]  # session_id
+        pos += 1 + body[pos]  # cookie
+        suites_len = int.from_bytes(body[pos : pos + 2], "big")
+        suites = body[pos + 2 : pos + 2 + suites_len]
+        scsv = any(suites[i : i + 2] == b"\x00\xff" for i in range(0, len(suites) - 1, 2))
+        pos += 2 + suites_len
+        pos += 1 + body[pos]  # compression methods
+        extensions: set[int] = set()
+        if pos + 2 <= len(body):
+            end = min(len(body), pos + 2 + int.from_bytes(body[pos : pos + 2], "big"))
+            pos += 2
+            while pos + 4 <= end:
+                extensions.add(int.from_bytes(body[pos : pos + 2], "big"))
+                pos += 4 + int.from_bytes(body[pos + 2 : pos + 4], "big")
+        return 0x0017 in extensions, scsv or 0xFF01 in extensions
+    except IndexError:
+        return None
 
 
 def _has_epoch1_handshake(data: bytes) -> bool:
     """The datagram carries an encrypted handshake record: the client's Finished."""
     return any(ct == _CT_HANDSHAKE and epoch == 1 for ct, epoch in _records(data))
+
+
+def _starts_renegotiation(data: bytes) -> bool:
+    """An encrypted handshake record on an established session (a ClientHello, since
+    retransmitted Finished messages never get this far)."""
+    one_record = _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= len(data)
+    if one_record and data[:1] == _APPLICATION_DATA:  # (data[:1]: a datagram may be empty)
+        return False  # the usual case: one application data record
+    return _has_epoch1_handshake(data)
 
 
 def _has_change_cipher_spec(data: bytes) -> bool:

@@ -19,6 +19,7 @@ from aiocoap import Context
 from aiocoap.credentials import CredentialsMap
 
 from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
+from ..dtls_build import patched_dtls
 
 #: The key for a PSK identity and the credential it stands for, or None.
 PskLookup = Callable[[bytes], tuple[bytes, Any] | None]
@@ -188,7 +189,11 @@ async def start_transport(
     kind: str = "coapdev",
     options: Any = None,
 ) -> DtlsTransport:
-    """Serve ``site`` over DTLS.  ``kind``: "coapdev" (ours) or "aiocoap" (stock)."""
+    """Serve ``site`` over DTLS.  ``kind``: "coapdev" (ours) or "aiocoap" (stock).
+
+    Either runs on coapdev's DTLSSocket build (:mod:`coapdev.dtls_build`).
+    """
+    patched_dtls()
     if kind == "aiocoap":
         return await StockTransport.start(site, host, port, lookup)
     if kind == "coapdev":

@@ -5,9 +5,10 @@ from coapdev.errors import InvalidKeyText
 
 
 def test_minted_factory_key_is_canonical_and_checks_out():
+    assert keys.FACTORY_KEY_BITS >= 80
     for _ in range(200):
         key = keys.mint_factory_key()
-        assert len(key) == 16
+        assert len(key) == 20
         assert set(key) <= set(keys.ALPHABET)
         assert keys.canonical_factory_key(key) == key
         assert keys.factory_psk(key) == key.encode("ascii")
@@ -18,9 +19,9 @@ def test_keys_are_not_repeated():
 
 
 def test_label_form_round_trips_with_separators_case_and_lookalikes():
-    key = "7QJ2M4KX9TZC8RN" + keys.luhn_check_char("7QJ2M4KX9TZC8RN")
+    key = "7QJ2M4KX9TZC8RNW3HF" + keys.luhn_check_char("7QJ2M4KX9TZC8RNW3HF")
     label = keys.format_factory_key(key)
-    assert label.count("-") == 3 and len(label) == 19
+    assert label.count("-") == 4 and len(label) == 24
     assert keys.canonical_factory_key(label) == key
     assert keys.canonical_factory_key(label.lower().replace("-", " ")) == key
     with_zero = "1" + key[1:]
@@ -59,7 +60,9 @@ def test_most_neighbour_swaps_are_caught():
     "text, message",
     [
         ("ABCD-EFGH-JKMN-PQR", "15 characters"),
-        ("ABCD-EFGH-JKMN-PQRST", "17 characters"),
+        ("ABCD-EFGH-JKMN-PQRST", "17 characters, expected 20"),
+        ("ABCD-EFGH-JKMN-PQRS-TVW", "19 characters"),
+        ("ABCD-EFGH-JKMN-PQRS-TVWXY", "21 characters"),
         ("ABCD-EFGH-JKMN-PQRU", "never used"),
         ("ABCD-EFGH-JKMN-PQR!", "never used"),
         ("", "0 characters"),
@@ -70,9 +73,18 @@ def test_malformed_keys_say_what_is_wrong(text, message):
         keys.canonical_factory_key(text)
 
 
+def test_legacy_16_character_factory_keys_still_check_out():
+    """Labels printed before keys grew (and the devices that carry them) keep working."""
+    old = "7QJ2M4KX9TZC8RN" + keys.luhn_check_char("7QJ2M4KX9TZC8RN")
+    assert keys.canonical_factory_key("7qj2-m4kx-9tzc-8rn" + old[-1].lower()) == old
+    assert keys.format_factory_key(old).count("-") == 3
+    with pytest.raises(InvalidKeyText, match="mistyped"):
+        keys.canonical_factory_key(old[:3] + ("0" if old[3] != "0" else "1") + old[4:])
+
+
 def test_client_keys_fit_tinydtls_and_have_full_entropy():
     raw = keys.mint_client_key()
-    assert isinstance(raw, bytes) and len(raw) == 16
+    assert isinstance(raw, bytes) and len(raw) == 32  # 256 bits
     text = keys.mint_client_key(text=True)
     assert len(text) == 16 and set(text.decode()) <= set(keys.TEXT_KEY_ALPHABET)
     assert len({keys.mint_client_key() for _ in range(500)}) == 500
@@ -80,4 +92,4 @@ def test_client_keys_fit_tinydtls_and_have_full_entropy():
 
 def test_identities_are_short_ascii():
     ident = keys.mint_identity()
-    assert (len(ident.encode()) <= 32 and ident.isascii() and ident.islower()) or ident.isdigit()
+    assert (len(ident.encode()) <= 64 and ident.isascii() and ident.islower()) or ident.isdigit()

@@ -37,7 +37,7 @@ def test_native_exchange_mints_persists_and_answers(store, tmp_path):
         "role": "admin",
         "device": store.device.id,
     }
-    assert isinstance(body["key"], bytes) and len(body["key"]) == 16
+    assert isinstance(body["key"], bytes) and len(body["key"]) == 32
 
 
 def test_text_key_can_be_asked_for_and_json_is_accepted(store):
@@ -90,7 +90,7 @@ def test_tradfri_exchange(store):
         b"[]",
         b'{"9090": 5}',
         b'{"9090": "a b"}',
-        b'{"9090": "' + b"x" * 33 + b'"}',
+        b'{"9090": "' + b"x" * 65 + b'"}',
         b"\xff",
         b'{"9091": "x"}',
     ],

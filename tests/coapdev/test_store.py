@@ -49,7 +49,7 @@ def test_first_client_is_admin_then_users_and_all_persist(store, tmp_path):
     a = store.mint_client("laptop", now=NOW)
     b = store.mint_client("phone", now=NOW)
     assert a.role is Role.ADMIN and b.role is Role.USER
-    assert len(a.key) == 16 and a.key != b.key
+    assert len(a.key) == 32 and a.key != b.key  # 256 bits
     reopened = CredentialStore.open(tmp_path / "state", create=False)
     assert reopened.psk_for(a.identity.encode()) == a.key
     assert reopened.psk_for(b.identity.encode()) == b.key
@@ -203,8 +203,8 @@ def test_truncated_state_file_is_a_clear_error_and_backup_is_kept(store, tmp_pat
     "mutate, reason",
     [
         (lambda d: d.update(schema=99), "schema version 99"),
-        (lambda d: d["clients"][0].update(key="00" * 17), "17 bytes"),
-        (lambda d: d["clients"][0].update(identity="x" * 33), "longer than 32"),
+        (lambda d: d["clients"][0].update(key="00" * 33), "33 bytes"),
+        (lambda d: d["clients"][0].update(identity="x" * 65), "longer than 64"),
         (lambda d: d["factory"].update(key="AAAA-AAAA-AAAA-AAAB"), "mistyped"),
         (lambda d: d["clients"][0].update(role="root"), "root"),
         (lambda d: d["clients"].append(dict(d["clients"][0])), "twice"),

@@ -77,7 +77,7 @@ def _cli_env(config_dir):
 def test_library_onboard_and_use(gateway, run):
     async def scenario():
         creds = await onboard(gateway.uri, gateway.factory_key(), "script")
-        assert creds.role == "admin" and len(creds.key) == 16
+        assert creds.role == "admin" and len(creds.key) == 32  # 256 bits
         async with Client(creds) as dev:
             assert (await dev.get("/device")).value["id"] == creds.device_id
             await dev.put("/light", {"on": True})
@@ -264,7 +264,7 @@ def test_rekey_rotates_and_old_key_stops(gateway, run):
 
 def test_gateway_key_command_and_sigterm_exit(gateway):
     key = gateway.factory_key()
-    assert len(key) == 16
+    assert len(key) == 20
     gateway.signal(signal.SIGTERM)
     assert gateway.proc.wait(timeout=10) == 0
 

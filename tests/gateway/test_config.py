@@ -108,6 +108,7 @@ def test_full_resource():
             "exactly one",
         ),
         ("[[resource]]\npath = '/onboard'\nget = { run = ['a'] }", "resource[0].path", "reserved"),
+        ("[[resource]]\npath = '/15004'\nget = { run = ['a'] }", "resource[0].path", "reserved"),
         (
             "[[resource]]\npath = '/a'\nget = { run = ['a'] }\n[[resource]]\npath = '/a'\n"
             "get = { run = ['b'] }",
@@ -121,6 +122,13 @@ def test_full_resource():
         ),
         ("[onboarding]\nwindow_s = -1", "onboarding.window_s", "at least 1"),
         ("[limits]\nmax_sessions = 0", "limits.max_sessions", "between 1"),
+        (
+            "[dtls]\nrequire_extended_master_secret = 'yes'",
+            "dtls.require_extended_master_secret",
+            "expected true or false",
+        ),
+        ("[dtls]\nrequire_renegotiation = true", "dtls.require_renegotiation", "did you mean"),
+        ("dtls = 1", "dtls", "expected a table"),
         ("this is not toml", "", "invalid TOML"),
     ],
 )
@@ -262,3 +270,12 @@ def test_typed_resource_errors_name_the_key(text, key, problem):
     assert info.value.key == key
     assert str(info.value).startswith("test.toml")
     assert problem in str(info.value)
+
+
+def test_dtls_handshake_policy_defaults_to_accepting_and_can_require_both():
+    assert parse("").dtls.require_extended_master_secret is False
+    assert parse("").dtls.require_renegotiation_info is False
+    strict = parse(
+        "[dtls]\nrequire_extended_master_secret = true\nrequire_renegotiation_info = true"
+    ).dtls
+    assert strict.require_extended_master_secret and strict.require_renegotiation_info

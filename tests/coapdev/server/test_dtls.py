@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 
 import pytest
+from support import REPO
 
 from coapdev.client import Client, Credentials, DeviceAddress
 from coapdev.errors import HandshakeFailed
 from coapdev.server.device import DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
 from coapdev.store import CredentialStore
+
+sys.path.insert(0, str(REPO / "tools"))
 
 NOW = time.time()
 
@@ -197,6 +201,70 @@ def test_lost_final_flight_is_sent_again(tmp_path):
     asyncio.run(scenario())
 
 
+def test_an_established_session_is_never_renegotiated(tmp_path):
+    """A ClientHello inside a session never reaches tinydtls: no handshake, no answer."""
+    from aiocoap import Code, Message
+    from reliability.dtls12 import CT_HANDSHAKE, Dtls12PskClient, HelloOptions
+
+    async def scenario():
+        server = await start_device(tmp_path)
+        try:
+            creds = creds_for(server, "renegotiator")
+
+            def renegotiate() -> tuple[list, Message]:
+                bare = HelloOptions(extended_master_secret=False, renegotiation_info=False)
+                with Dtls12PskClient(
+                    "127.0.0.1", server.port, creds.identity.encode(), creds.key, hello=bare
+                ) as c:
+                    c.handshake()
+                    get = Message(code=Code.GET, uri_path=("device",))
+                    get.mtype, get.mid, get.token = 0, 1, b"r"
+                    assert Message.decode(c.request(get.encode())).code == Code.CONTENT
+                    c.send_protected(CT_HANDSHAKE, c.renegotiation_hello())
+                    answer = c.receive(1.0)
+                    get.mid = 2
+                    return answer, Message.decode(c.request(get.encode()))
+
+            answer, after = await asyncio.to_thread(renegotiate)
+            assert answer == [] and after.code == Code.CONTENT
+            assert dtls(server).stats["handshakes"] == 1  # no second "connected" event
+            assert dtls(server).stats["dropped-renegotiation"] == 1
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_runt_datagrams_on_an_established_session_are_dropped_quietly(tmp_path, caplog):
+    """Empty and truncated datagrams from a session's own address: no traceback, served on."""
+    from aiocoap import Code, Message
+    from reliability.dtls12 import Dtls12PskClient
+
+    async def scenario():
+        server = await start_device(tmp_path)
+        try:
+            creds = creds_for(server, "runt")
+
+            def send_runts() -> Message:
+                with Dtls12PskClient(
+                    "127.0.0.1", server.port, creds.identity.encode(), creds.key
+                ) as c:
+                    c.handshake()
+                    for runt in (b"", b"\x17", b"\x15\xfe\xfd", b"\x16" * 12, b"\x17" * 14):
+                        c.send_datagram(runt)
+                    get = Message(code=Code.GET, uri_path=("device",))
+                    get.mtype, get.mid, get.token = 0, 1, b"r"
+                    return Message.decode(c.request(get.encode()))
+
+            assert (await asyncio.to_thread(send_runts)).code == Code.CONTENT
+        finally:
+            await server.stop()
+
+    with caplog.at_level("ERROR", logger="coapdev.dtls"):
+        asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
 # --- helpers -------------------------------------------------------------------------
 
 
@@ -283,23 +351,3 @@ class _LossyProxy(asyncio.DatagramProtocol):
         self.front.close()
         if self.upstream is not None:
             self.upstream.close()
-
-
-def _record(content_type: int, epoch: int, body: bytes) -> bytes:
-    header = bytes([content_type, 0xFE, 0xFD]) + epoch.to_bytes(2, "big") + bytes(6)
-    return header + len(body).to_bytes(2, "big") + body
-
-
-def test_alert_records_are_split_off_before_tinydtls_sees_them():
-    from coapdev.server.dtls import _split_at_alert
-
-    data = _record(23, 1, b"x" * 30)
-    assert _split_at_alert(data) == (data, None)
-    alert = _record(21, 1, b"y" * 18)
-    assert _split_at_alert(alert) == (b"", alert)
-    handshake = _record(22, 0, b"h" * 40)
-    trailing = _record(22, 1, b"t" * 10)
-    assert _split_at_alert(handshake + alert + trailing) == (handshake, alert)
-    # a truncated alert is cut off and not acted on; so is anything after it
-    assert _split_at_alert(handshake + alert[:-3]) == (handshake, None)
-    assert _split_at_alert(b"\x15\xfe") == (b"\x15\xfe", None)  # no full header: tinydtls drops it
