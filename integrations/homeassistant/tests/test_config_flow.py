@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 import pytest
-from coapdev.keys import mint_factory_key
+from coapdev.keys import CLIENT_KEY_BYTES, mint_factory_key
 from coapdev.qr import QRPayload
 from homeassistant import config_entries, loader
 from homeassistant.config_entries import ConfigEntryState
@@ -69,7 +69,8 @@ async def test_manual_entry_onboards_and_keeps_only_the_minted_credentials(
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     entry = result["result"]
     assert entry.unique_id == device_id_of(gateway) == entry.data[CONF_DEVICE_ID]
-    assert len(bytes.fromhex(entry.data[CONF_PSK])) == 16 and entry.data[CONF_IDENTITY]
+    assert len(bytes.fromhex(entry.data[CONF_PSK])) == CLIENT_KEY_BYTES
+    assert entry.data[CONF_IDENTITY]
     assert gateway.key.replace("-", "") not in repr(entry.data).replace("-", "")
     assert entry.data[CONF_IDENTITY] in gateway.local("clients", "list").stdout
     assert "Home Assistant" in clients_on(gateway)
