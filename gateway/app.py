@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -28,8 +27,12 @@ from coapdev.store import CredentialStore, StoreLimits
 
 from .config import GatewayConfig, ResourceConfig
 from .resources import ScriptResource
+from .runner import base_environment, prepare_data_dir, supervise_lines
 
 log = logging.getLogger("coapdev.gateway")
+
+#: A pairing button command prints short lines; a longer one restarts it.
+BUTTON_MAX_LINE_BYTES = 4096
 
 
 class Gateway:
@@ -48,6 +51,7 @@ class Gateway:
         self.host = host or config.host
         self.port = port if port is not None else config.port
         self.audit = AuditLog(state_dir)
+        self.data_dir = state_dir / "data"
         self.store: CredentialStore | None = None
         self.server: DeviceServer | None = None
         # Two allowances per source: failed handshakes (a wrong key) and
@@ -68,6 +72,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir = prepare_data_dir(self.state_dir)
         store = CredentialStore.open(
             self.state_dir,
             onboarding_window_s=cfg.onboarding.window_s,
@@ -130,7 +135,7 @@ class Gateway:
 
     def _mount(self, res_cfg: ResourceConfig) -> None:
         assert self.server is not None
-        res = ScriptResource(self.server.state, res_cfg)
+        res = ScriptResource(self.server.state, res_cfg, data_dir=self.data_dir)
         self.server.add_resource(res_cfg.path, res)
         self._resources[res_cfg.path] = res
 
@@ -199,39 +204,28 @@ class Gateway:
 
     async def _button(self, argv: tuple[str, ...]) -> None:
         """A pairing button: each line the command prints opens onboarding."""
-        backoff_s = 1.0
-        while True:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                    env=dict(os.environ, COAPDEV_STATE_DIR=str(self.state_dir)),
-                )
-            except OSError as exc:
-                log.error("cannot start the pairing button command: %s", exc)
-                await asyncio.sleep(30)
-                continue
-            try:
-                assert proc.stdout is not None
-                while line := await proc.stdout.readline():
-                    if not line.strip():
-                        continue
-                    assert self.store is not None
-                    self.store.open_onboarding(self.config.onboarding.window_s, now=time.time())
-                    log.info(
-                        "pairing button pressed: onboarding open for %.0f s",
-                        self.config.onboarding.window_s,
-                    )
-                    backoff_s = 1.0
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-            log.warning("pairing button command exited; restarting in %.0f s", backoff_s)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 60.0)
+
+        def pressed(line: bytes) -> None:
+            if not line.strip():
+                return
+            assert self.store is not None
+            self.store.open_onboarding(self.config.onboarding.window_s, now=time.time())
+            log.info(
+                "pairing button pressed: onboarding open for %.0f s",
+                self.config.onboarding.window_s,
+            )
+
+        env = base_environment(self.data_dir)
+        env["COAPDEV_DEVICE_ID"] = self.store.device.id if self.store else ""
+        await supervise_lines(
+            argv,
+            pressed,
+            what="pairing button command",
+            env=env,
+            cwd=str(self.data_dir),
+            max_line_bytes=BUTTON_MAX_LINE_BYTES,
+            backoff_s=(1.0, 60.0),
+        )
 
     # --- discovery -------------------------------------------------------------------
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import signal
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from aiocoap import Code, Message
@@ -33,7 +31,13 @@ from coapdev.server.resources import (
 from coapdev.store import Principal
 
 from .config import InputMode, MethodConfig, OutputFormat, ResourceConfig
-from .runner import ScriptFailure, run_script
+from .runner import (
+    ScriptFailure,
+    base_environment,
+    prepare_data_dir,
+    run_script,
+    supervise_lines,
+)
 
 log = logging.getLogger("coapdev.gateway")
 
@@ -51,9 +55,13 @@ QUEUE_PER_SLOT = 8
 class ScriptResource(ObservableGuardedResource):
     """A resource whose methods run scripts; optionally observable."""
 
-    def __init__(self, state: ServerState, config: ResourceConfig) -> None:
+    def __init__(
+        self, state: ServerState, config: ResourceConfig, *, data_dir: Path | None = None
+    ) -> None:
         super().__init__(state)
         self.config = config
+        #: The scripts' working directory (never the state directory, which holds the keys).
+        self.data_dir = data_dir or prepare_data_dir(state.store.directory)
         self.roles = {method: m.roles for method, m in config.methods}
         if config.observe is not None and config.observe.watch is not None:
             self.roles.setdefault("GET", frozenset().union(*self.roles.values()) or _all_roles())
@@ -68,7 +76,6 @@ class ScriptResource(ObservableGuardedResource):
         self._last_notified: bytes | None = None
         self._observers = 0
         self._observer_task: asyncio.Task[None] | None = None
-        self._watch_process: asyncio.subprocess.Process | None = None
         self._retired = False
 
     # --- aiocoap hooks ---------------------------------------------------------------
@@ -174,7 +181,7 @@ class ScriptResource(ObservableGuardedResource):
                 env=self._environment(method, request, who),
                 timeout_s=mc.timeout_s,
                 max_output_bytes=self.config.max_output_bytes,
-                cwd=str(self.state.store.directory),
+                cwd=str(self.data_dir),
             )
         except ScriptFailure as failure:
             log.warning("%s %s: %s", method, self.config.path_text, failure)
@@ -201,9 +208,7 @@ class ScriptResource(ObservableGuardedResource):
         client = who.client
         query = "&".join(urllib.parse.quote(q, safe="=") for q in request.opt.uri_query)
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOME": os.environ.get("HOME", "/"),
+            **base_environment(self.data_dir),
             "COAPDEV_METHOD": method,
             "COAPDEV_PATH": self.config.path_text,
             "COAPDEV_QUERY": query,
@@ -212,7 +217,6 @@ class ScriptResource(ObservableGuardedResource):
             "COAPDEV_CLIENT_ROLE": client.role.value if client else "",
             "COAPDEV_CONTENT_FORMAT": _format_number(request.opt.content_format),
             "COAPDEV_ACCEPT": _format_number(request.opt.accept),
-            "COAPDEV_STATE_DIR": str(self.state.store.directory),
             "COAPDEV_DEVICE_ID": self.state.store.device.id,
         }
         # Names are validated printable at onboarding; be sure nothing odd slips in.
@@ -270,7 +274,7 @@ class ScriptResource(ObservableGuardedResource):
                 env=self._environment("GET", Message(code=Code.GET), Principal("", None)),
                 timeout_s=mc.timeout_s,
                 max_output_bytes=self.config.max_output_bytes,
-                cwd=str(self.state.store.directory),
+                cwd=str(self.data_dir),
             )
         except ScriptFailure as failure:
             log.warning("polling %s: %s", self.config.path_text, failure)
@@ -284,60 +288,23 @@ class ScriptResource(ObservableGuardedResource):
 
     async def _watch(self, argv: tuple[str, ...]) -> None:
         """Keep a watcher running while observed; each line it prints is the new state."""
-        backoff_s = 0.5
-        env = self._environment("GET", Message(code=Code.GET), Principal("", None))
-        while True:
-            started = time.monotonic()
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
-                    cwd=str(self.state.store.directory),
-                    limit=self.config.max_output_bytes + 1,
-                )
-            except OSError as exc:
-                log.error("cannot start watcher of %s: %s", self.config.path_text, exc)
-                proc = None
-            if proc is not None:
-                self._watch_process = proc
-                try:
-                    assert proc.stdout is not None
-                    while True:
-                        try:
-                            line = await proc.stdout.readline()
-                        except ValueError:  # a line over the output limit
-                            log.warning(
-                                "watcher of %s printed an over-long line", self.config.path_text
-                            )
-                            break
-                        if not line:
-                            break
-                        state = line.rstrip(b"\r\n")
-                        self._latest = (state, time.monotonic())
-                        # Observers are told of a state they have not been served yet;
-                        # the very first line answers the observation's first GET.
-                        if self._last_notified is not None and state != self._last_notified:
-                            self._last_notified = state
-                            self.notify()
-                finally:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    await proc.wait()
-                    self._watch_process = None
-                log.warning(
-                    "watcher of %s exited (%s); restarting in %.1f s",
-                    self.config.path_text,
-                    proc.returncode,
-                    backoff_s,
-                )
-            if time.monotonic() - started > 30:
-                backoff_s = 0.5
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 30.0)
+
+        def line(state: bytes) -> None:
+            self._latest = (state, time.monotonic())
+            # Observers are told of a state they have not been served yet;
+            # the very first line answers the observation's first GET.
+            if self._last_notified is not None and state != self._last_notified:
+                self._last_notified = state
+                self.notify()
+
+        await supervise_lines(
+            argv,
+            line,
+            what=f"watcher of {self.config.path_text}",
+            env=self._environment("GET", Message(code=Code.GET), Principal("", None)),
+            cwd=str(self.data_dir),
+            max_line_bytes=self.config.max_output_bytes,
+        )
 
     async def _watched_state(self, request: Message) -> Message:
         """GET of a watch-only resource: the watcher's latest line (waiting briefly for one)."""
