@@ -18,6 +18,7 @@ from typing import Any
 
 from aiocoap import Message
 
+from coapdev import logsafe
 from coapdev.audit import AuditLog
 from coapdev.errors import ConfigError, TooManyRequests
 from coapdev.ratelimit import AttemptLimiter
@@ -31,6 +32,8 @@ from .runner import base_environment, prepare_data_dir, supervise_lines
 
 log = logging.getLogger("coapdev.gateway")
 
+#: How often counts of suppressed log lines are reported.
+LOG_SUMMARY_INTERVAL_S = 60.0
 #: A pairing button command prints short lines; a longer one restarts it.
 BUTTON_MAX_LINE_BYTES = 4096
 
@@ -52,6 +55,7 @@ class Gateway:
         self.port = port if port is not None else config.port
         self.audit = AuditLog(state_dir)
         self.data_dir = state_dir / "data"
+        self.log_limiter = logsafe.RepeatLimiter()
         self.store: CredentialStore | None = None
         self.server: DeviceServer | None = None
         # Two allowances per source: failed handshakes (a wrong key) and
@@ -71,6 +75,8 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        self.log_limiter = logsafe.install(cfg.limits.log_burst, cfg.limits.log_lines_per_minute)
+        self._background.append(asyncio.create_task(self._report_suppressed_lines()))
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.data_dir = prepare_data_dir(self.state_dir)
         store = CredentialStore.open(
@@ -169,6 +175,8 @@ class Gateway:
         for path, res_cfg in new_by_path.items():
             if path not in self._resources:
                 self._mount(res_cfg)
+        self.log_limiter.burst = float(new.limits.log_burst)
+        self.log_limiter.rate_per_s = new.limits.log_lines_per_minute / 60.0
         for limiter in (self.handshake_limiter, self.onboarding_limiter):
             limiter.burst = float(new.onboarding.attempts_burst)
             limiter.rate_per_s = new.onboarding.attempts_per_minute / 60.0
@@ -226,6 +234,12 @@ class Gateway:
             max_line_bytes=BUTTON_MAX_LINE_BYTES,
             backoff_s=(1.0, 60.0),
         )
+
+    async def _report_suppressed_lines(self) -> None:
+        """Say how many log lines the repeat limiter held back, once a minute at most."""
+        while True:
+            await asyncio.sleep(LOG_SUMMARY_INTERVAL_S)
+            self.log_limiter.flush()
 
     # --- discovery -------------------------------------------------------------------
 

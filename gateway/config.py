@@ -102,6 +102,10 @@ class LimitsConfig:
     max_handshakes: int = 256
     max_observations_per_session: int = 64
     max_uploads_per_resource: int = 32
+    #: Log lines one call site (the request log: one client) may write at once,
+    #: and per minute after that; the rest are counted and summarised.
+    log_burst: int = 20
+    log_lines_per_minute: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,8 @@ class _Reader:
                 "max_handshakes",
                 "max_observations_per_session",
                 "max_uploads_per_resource",
+                "log_burst",
+                "log_lines_per_minute",
             ),
         )
         d = LimitsConfig()
@@ -399,6 +405,14 @@ class _Reader:
                 "limits.max_uploads_per_resource",
                 low=1,
                 high=1_000_000,
+            ),
+            log_burst=self.integer(
+                t.get("log_burst", d.log_burst), "limits.log_burst", low=1, high=1_000_000
+            ),
+            log_lines_per_minute=self.number(
+                t.get("log_lines_per_minute", d.log_lines_per_minute),
+                "limits.log_lines_per_minute",
+                low=0.01,
             ),
         )
 
