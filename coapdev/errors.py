@@ -20,13 +20,18 @@ class CoapdevError(Exception):
 
 
 class RequestRefused(CoapdevError):
-    """A request the device will not carry out; ``code`` is the CoAP code as 'c.dd'."""
+    """A request the device will not carry out; ``code`` is the CoAP code as 'c.dd'.
+
+    ``retry_after_s``, if given, goes out as the Max-Age option: when the
+    client may try again (RFC 8516 for 4.29; likewise for 5.03).
+    """
 
     code = "5.00"
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 class BadRequest(RequestRefused):

@@ -19,12 +19,12 @@ from typing import Any
 from aiocoap import Message
 
 from coapdev import logsafe
-from coapdev.audit import AuditLog
-from coapdev.errors import ConfigError, TooManyRequests
-from coapdev.ratelimit import AttemptLimiter
+from coapdev.audit import AuditLimits, AuditLog
+from coapdev.errors import ConfigError, ServiceUnavailable, TooManyRequests
+from coapdev.ratelimit import AttemptLimiter, ChangeLimiter
 from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
-from coapdev.store import CredentialStore, StoreLimits
+from coapdev.store import CredentialStore, Principal, StoreLimits
 
 from .config import GatewayConfig, ResourceConfig
 from .resources import ScriptResource
@@ -53,7 +53,7 @@ class Gateway:
         self.reload_config = reload_config
         self.host = host or config.host
         self.port = port if port is not None else config.port
-        self.audit = AuditLog(state_dir)
+        self.audit = AuditLog(state_dir, _audit_limits(config))
         self.data_dir = state_dir / "data"
         self.log_limiter = logsafe.RepeatLimiter()
         self.store: CredentialStore | None = None
@@ -65,6 +65,12 @@ class Gateway:
         )
         self.onboarding_limiter = AttemptLimiter(
             config.onboarding.attempts_burst, config.onboarding.attempts_per_minute
+        )
+        # State changes clients ask for: per client, per host, and in total.
+        self.change_limiter = ChangeLimiter(
+            config.limits.changes_burst,
+            config.limits.changes_per_minute,
+            config.limits.device_changes_per_s,
         )
         self._resources: dict[tuple[str, ...], ScriptResource] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -104,6 +110,7 @@ class Gateway:
         )
         server = DeviceServer(store, options, audit=self.audit)
         server.state.before_onboarding = self._before_onboarding
+        server.state.before_change = self._before_change
         self.server = server
         for res_cfg in cfg.resources:
             self._mount(res_cfg)
@@ -175,6 +182,12 @@ class Gateway:
         for path, res_cfg in new_by_path.items():
             if path not in self._resources:
                 self._mount(res_cfg)
+        self.change_limiter.configure(
+            new.limits.changes_burst,
+            new.limits.changes_per_minute,
+            new.limits.device_changes_per_s,
+        )
+        self.audit.configure(_audit_limits(new))
         self.log_limiter.burst = float(new.limits.log_burst)
         self.log_limiter.rate_per_s = new.limits.log_lines_per_minute / 60.0
         for limiter in (self.handshake_limiter, self.onboarding_limiter):
@@ -203,8 +216,33 @@ class Gateway:
             self.audit.refusal("onboard-throttled", host)
             wait = self.onboarding_limiter.retry_after_s(host)
             raise TooManyRequests(
-                f"too many onboarding attempts from {host}; retry in {wait:.0f} s"
+                f"too many onboarding attempts from {host}; retry in {wait:.0f} s",
+                retry_after_s=wait,
             )
+        self._limit_change(host, None, "onboard")
+
+    def _before_change(self, request: Message, who: Principal, operation: str) -> None:
+        client = who.client.id if who.client is not None else None
+        self._limit_change(_host(request), client, operation)
+
+    def _limit_change(self, host: str, client: str | None, operation: str) -> None:
+        """4.29 (this client or host asks too often) or 5.03 (the device is busy), with Max-Age."""
+        refused = self.change_limiter.check(client, host)
+        if refused is None:
+            return
+        wait = refused.retry_after_s
+        self.audit.refusal(
+            "change-throttled", host, operation=operation, client=client, scope=refused.scope
+        )
+        if refused.scope == "device":
+            raise ServiceUnavailable(
+                f"the device is busy with other changes; retry in {wait:.1f} s",
+                retry_after_s=wait,
+            )
+        whose = "this client" if refused.scope == "client" else f"{host}"
+        raise TooManyRequests(
+            f"too many changes from {whose}; retry in {wait:.0f} s", retry_after_s=wait
+        )
 
     def _handshake_failed(self, host: str, reason: str) -> None:
         self.handshake_limiter.failure(host)
@@ -236,10 +274,11 @@ class Gateway:
         )
 
     async def _report_suppressed_lines(self) -> None:
-        """Say how many log lines the repeat limiter held back, once a minute at most."""
+        """Say how many log lines and audit events were held back, once a minute."""
         while True:
             await asyncio.sleep(LOG_SUMMARY_INTERVAL_S)
             self.log_limiter.flush()
+            self.audit.flush_suppressed()
 
     # --- discovery -------------------------------------------------------------------
 
@@ -273,6 +312,15 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.advertiser.stop()
             self.advertiser = None
+
+
+def _audit_limits(config: GatewayConfig) -> AuditLimits:
+    limits = config.limits
+    return AuditLimits(
+        max_bytes=limits.audit_max_bytes,
+        reserve_free_bytes=limits.audit_reserve_bytes,
+        refusals_per_minute=limits.audit_refusals_per_minute,
+    )
 
 
 def _host(request: Message) -> str:

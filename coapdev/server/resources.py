@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -73,9 +74,16 @@ class ServerState:
     max_observations_per_session: int = 64
     #: Blockwise uploads in progress per resource; more get 5.03 until some finish.
     max_uploads_per_resource: int = 32
+    #: Optional check before a state change a client asks for (rate limits);
+    #: called with the request, who asks and the operation; raises RequestRefused.
+    before_change: Callable[[Message, Principal, str], None] | None = None
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    def check_change(self, request: Message, who: Principal, operation: str) -> None:
+        if self.before_change is not None:
+            self.before_change(request, who, operation)
 
     def identities_removed(self, identities: Collection[str]) -> None:
         if identities:
@@ -87,11 +95,14 @@ class ServerState:
 
 def refusal_message(exc: RequestRefused) -> Message:
     cls, detail = (int(part) for part in exc.code.split("."))
-    return Message(
+    message = Message(
         code=Code(cls * 32 + detail),
         payload=exc.message.encode("utf-8"),
         content_format=ContentFormat.TEXT if exc.message else None,
     )
+    if exc.retry_after_s is not None:
+        message.opt.max_age = max(1, math.ceil(exc.retry_after_s))
+    return message
 
 
 def response_format(request: Message, who: Principal | None = None) -> int:
@@ -543,6 +554,7 @@ class ClientItemResource(GuardedResource, resource.PathCapable):
     async def render_put(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
         actor = authz.require_admin_or_self(who, target)
+        self.state.check_change(request, who, "client-change")
         body = request_value(request)
         if not isinstance(body, dict) or not body.keys() <= {Key.NAME.value, Key.ROLE.value}:
             raise BadRequest('send a map with "name" and/or "role"')
@@ -563,6 +575,7 @@ class ClientItemResource(GuardedResource, resource.PathCapable):
     async def render_delete(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
         actor = authz.require_admin_or_self(who, target)
+        self.state.check_change(request, who, "revoke")
         gone = [target.identity] + ([target.pending.identity] if target.pending else [])
         self.state.store.revoke(target.id, by=actor.id)
         log.info("revoked client %s (%s) by %s", target.name, target.id, actor.name)
@@ -579,6 +592,7 @@ class RekeyResource(GuardedResource):
 
     async def render_post(self, request: Message, who: Principal) -> Message:
         client = authz.require_client(who)
+        self.state.check_change(request, who, "rekey")
         pending = self.state.store.begin_rekey(client.id, now=self.state.clock())
         body = {
             Key.IDENTITY.value: pending.identity,
