@@ -203,7 +203,10 @@ def bound_block1(res: resource.Resource, max_bytes: int, max_uploads: int) -> No
                     raise coap_error.ServiceUnavailable("too many uploads in progress")
             elif len(req.payload) > max_bytes:
                 raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
-            return super().feed_and_take(req)
+            try:
+                return super().feed_and_take(req)
+            except ValueError:  # a block that does not continue the upload (size, offset)
+                raise coap_error.RequestEntityIncomplete() from None
 
     res._block1 = BoundedBlock1Spool()
 

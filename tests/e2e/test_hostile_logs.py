@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
+import time
 
 import pytest
 from aiocoap import Code, Message
+from support import REPO
 
 from coapdev.client import Client, onboard
 from coapdev.const import FACTORY_IDENTITY
@@ -132,3 +135,31 @@ def test_a_request_flood_writes_a_bounded_number_of_log_lines(gateway_factory, t
     lines = [line for line in gw.log().split("\n") if "client=flooder" in line]
     assert 20 <= len(lines) <= 24, len(lines)
     assert re.search(r"\((3[0-9]{2}) similar messages suppressed\)", lines[-1]), lines[-1]
+
+
+def test_a_block1_that_does_not_continue_the_upload_is_4_08_without_traceback(gateway):
+    """Found by tools/fuzz --mode grammar: block 0 of 16 bytes, then block 1 claiming 32-byte
+    blocks made aiocoap raise ValueError: 5.00 and a traceback, for any identity."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from reliability import coapgrammar as g
+    from reliability.dtlsclient import RawDtlsClient
+
+    client = RawDtlsClient(
+        "127.0.0.1", gateway.port, FACTORY_IDENTITY.encode(), factory_psk(gateway.factory_key())
+    )
+    codes = []
+    try:
+        assert client.handshake(3.0)
+        for mid, (number, szx) in enumerate(((0, 0), (1, 1)), 1):
+            options = [(g.URI_PATH, b"onboard"), (g.BLOCK1, g.block(number, number == 0, szx))]
+            client.received.clear()
+            client.send_plain(g.encode(g.CON, g.POST, mid, bytes([mid]), options, b"x" * 16))
+            deadline = time.monotonic() + 3
+            while not client.received and time.monotonic() < deadline:
+                client.pump(0.02)
+            answer = g.decode(client.received[0]) if client.received else None
+            codes.append(answer.code_text if answer else "no answer")
+    finally:
+        client.close()
+    assert codes == ["2.31", "4.08"]
+    assert "Traceback" not in gateway.log()

@@ -53,6 +53,9 @@ def test_the_judge():
     assert grammar.judge(case("factory", onboarding), answer(created)) is None
     assert grammar.judge(case("factory", target), answer(bad)) is None
     assert grammar.judge(case("admin", target), answer(0)) is None
+    busy = grammar.Answer(grammar.ACK, (5 << 5) | 3, 1, b"t", ((grammar.MAX_AGE, b"\x05"),), b"")
+    assert grammar.judge(case("user", target), busy) is None  # a bound, saying when to retry
+    assert grammar.judge(case("user", target), answer((5 << 5) | 3)) is not None
 
 
 @pytest.mark.parametrize("kind", sorted(grammar.GENERATORS))

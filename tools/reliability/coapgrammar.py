@@ -5,7 +5,7 @@ Sans-I/O: :func:`generate` turns a seeded random generator into a
 :func:`decode` parses an answer, and :func:`judge` says whether an answer
 breaks a promise:
 
-- no built-in resource ever answers 5.xx;
+- no built-in resource ever answers 5.xx (but 5.03 with Max-Age: a bound);
 - the factory identity gets nothing but 4.xx (or an empty ACK/RST), except
   from the onboarding resources.
 
@@ -206,11 +206,16 @@ def block(num: int, more: bool, szx: int) -> bytes:
 
 
 def judge(case: Case, answer: Answer) -> str | None:
-    """What promise ``answer`` breaks, if any."""
+    """What promise ``answer`` breaks, if any.
+
+    5.03 with Max-Age is the documented "busy, retry then" of a bound
+    (RFC 7252 5.9.3.4), not a failure.
+    """
     if answer.code == 0:
         return None  # an empty ACK or RST
     cls = answer.code >> 5
-    if cls == 5 and case.target.builtin:
+    busy = answer.code == (5 << 5) | 3 and any(n == MAX_AGE for n, _ in answer.options)
+    if cls == 5 and case.target.builtin and not busy:
         return f"{answer.code_text} from the built-in /{'/'.join(case.target.path)}"
     if case.identity == "factory" and cls != 4 and case.target.path not in ONBOARDING_PATHS:
         return f"{answer.code_text} to the factory identity on /{'/'.join(case.target.path)}"

@@ -664,6 +664,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="CI mode: 12 s or 20 000 datagrams")
     p.add_argument("--inputs", type=int, help="grammar/handshake: stop after this many")
+    p.add_argument("--kinds", help="grammar: only these kinds of message (comma-separated)")
+    p.add_argument(
+        "--identities", help="grammar: only these speak (comma-separated: admin,user,factory)"
+    )
     p.add_argument("--seconds", type=float, help="stop after this long (default 300)")
     p.add_argument("--datagrams", type=int, help="stop after this many (default 300 000)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")

@@ -51,11 +51,15 @@ class Finding:
     problem: str
     sent_hex: str
     answer: str
+    #: What this session sent before it (oldest first), to reproduce the state.
+    before_hex: list[str] = field(default_factory=list)
 
     def text(self) -> str:
+        shown = [h if len(h) <= 120 else h[:120] + "..." for h in self.before_hex]
+        before = f"; after {', '.join(shown)}" if shown else ""
         return (
             f"{self.problem}: {self.kind} as {self.identity} to {self.path}; "
-            f"sent {self.sent_hex}; answer {self.answer}"
+            f"sent {self.sent_hex}; answer {self.answer}{before}"
         )
 
 
@@ -67,6 +71,7 @@ class Stats:
     findings: int = 0
     findings_kept: list[Finding] = field(default_factory=list)
     rss_samples: list[int] = field(default_factory=list)
+    rss_times: list[float] = field(default_factory=list)
     crashes: int = 0
     sessions_opened: int = 0
 
@@ -109,6 +114,7 @@ class Session:
         self.on_answer = on_answer
         self._by_token: collections.OrderedDict[bytes, grammar.Case] = collections.OrderedDict()
         self._by_mid: collections.OrderedDict[int, grammar.Case] = collections.OrderedDict()
+        self.sent: collections.deque[bytes] = collections.deque(maxlen=self.RECENT_CASES)
 
     @property
     def alive(self) -> bool:
@@ -135,6 +141,7 @@ class Session:
         """Send ``case`` and wait up to ``wait_s`` for its answer; whether one came."""
         c = self.client
         self._remember(case)
+        self.sent.append(case.data)
         c.send_plain(case.data)
         deadline = time.monotonic() + wait_s
         answered = False
@@ -175,6 +182,10 @@ class GrammarFuzzer:
         self.creds: dict[str, Any] = {}
         self.sessions: dict[str, Session] = {}
         self.mid = rng.randrange(65536)
+        #: Which identities speak (a user and the factory identity twice as often) and
+        #: which kinds of message are sent (None: all), to narrow down a finding.
+        self.identity_choices = ["admin", "user", "user", "factory", "factory"]
+        self.kinds: list[str] | None = None
 
     def _onboard(self, name: str) -> Any:
         from coapdev.client import onboard
@@ -234,12 +245,13 @@ class GrammarFuzzer:
         return session
 
     def step(self) -> None:
-        name = self.rng.choice(["admin", "user", "user", "factory", "factory"])
+        name = self.rng.choice(self.identity_choices)
         session = self._session(name)
         if session is None:
             return
         self.mid = (self.mid + 1) & 0xFFFF
-        case = grammar.generate(self.rng, self.targets(), name, self.mid)
+        kind = self.rng.choice(self.kinds) if self.kinds else None
+        case = grammar.generate(self.rng, self.targets(), name, self.mid, kind)
         self.stats.inputs[case.kind] += 1
         wait = BUILTIN_WAIT_S if case.target.builtin else SCRIPT_WAIT_S
         if not session.exchange(case, wait):
@@ -249,6 +261,10 @@ class GrammarFuzzer:
         self.stats.answers_by_class["empty" if answer.code == 0 else f"{answer.code >> 5}.xx"] += 1
         problem = grammar.judge(case, answer)
         if problem is not None:
+            session = self.sessions.get(case.identity)
+            before = [d.hex() for d in session.sent] if session is not None else []
+            if before and before[-1] == case.data.hex():
+                before.pop()
             self.stats.find(
                 Finding(
                     case.kind,
@@ -257,6 +273,7 @@ class GrammarFuzzer:
                     problem,
                     case.data.hex(),
                     f"{answer.code_text} {answer.payload[:120]!r}",
+                    before[-16:],
                 )
             )
 
@@ -355,6 +372,10 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         time.sleep(1.0)
         if mode == "grammar":
             fuzzer = GrammarFuzzer(gw, rng, key)
+            if args.kinds:
+                fuzzer.kinds = args.kinds.split(",")
+            if args.identities:
+                fuzzer.identity_choices = args.identities.split(",")
             fuzzer.setup()
         else:
             user = asyncio.run(onboard(gw.uri, key, "fuzz-user", timeout_s=10))
@@ -373,6 +394,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
                     fuzzer.stats.crashes += 1
                     break
                 fuzzer.stats.rss_samples.append(gw.rss_kib())
+                fuzzer.stats.rss_times.append(round(now - started, 1))
         elapsed = time.monotonic() - started
         if isinstance(fuzzer, GrammarFuzzer):
             fuzzer.close()
@@ -414,6 +436,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
                 "rss_before_kib": rss_before,
                 "rss_after_kib": rss_after,
                 "rss_max_kib": max([*s.rss_samples, rss_after]),
+                "rss_timeline_kib": list(zip(s.rss_times, s.rss_samples, strict=True))[::10],
                 "rss_bound_kib": args.rss_bound_mib * 1024,
                 "tracebacks_in_log": log.count("Traceback"),
                 "legit_requests": lstats.requests,
@@ -421,6 +444,10 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
                 "legit_error_samples": lstats.errors[:5],
             }
         )
+        if args.log_copy:
+            from pathlib import Path
+
+            Path(args.log_copy).write_text(log)
         result["traceback_signatures"] = traceback_signatures(log)
         if result["tracebacks_in_log"]:
             at = log.index("Traceback")
