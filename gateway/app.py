@@ -20,16 +20,18 @@ from typing import Any
 
 from aiocoap import Message
 
-from coapdev.audit import AuditLog
-from coapdev.errors import ConfigError, StateError, TooManyRequests
-from coapdev.ratelimit import AttemptLimiter
+from coapdev import logsafe
+from coapdev.audit import AuditLimits, AuditLog
+from coapdev.errors import ConfigError, ServiceUnavailable, StateError, TooManyRequests
+from coapdev.ratelimit import AttemptLimiter, ChangeLimiter
 from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
 from coapdev.server.tradfri import add_tradfri_resources
-from coapdev.store import CredentialStore, StoreLimits
+from coapdev.store import CredentialStore, Principal, StoreLimits
 
 from .config import DtlsConfig, GatewayConfig, ResourceConfig
 from .resources import ScriptResource
+from .runner import base_environment, prepare_data_dir, supervise_lines
 
 log = logging.getLogger("coapdev.gateway")
 
@@ -105,6 +107,12 @@ class StateDirLock:
             os.close(fd)
 
 
+#: How often counts of suppressed log lines are reported.
+LOG_SUMMARY_INTERVAL_S = 60.0
+#: A pairing button command prints short lines; a longer one restarts it.
+BUTTON_MAX_LINE_BYTES = 4096
+
+
 class Gateway:
     def __init__(
         self,
@@ -120,7 +128,9 @@ class Gateway:
         self.reload_config = reload_config
         self.host = host or config.host
         self.port = port if port is not None else config.port
-        self.audit = AuditLog(state_dir)
+        self.audit = AuditLog(state_dir, _audit_limits(config))
+        self.data_dir = state_dir / "data"
+        self.log_limiter = logsafe.RepeatLimiter()
         self.store: CredentialStore | None = None
         self.server: DeviceServer | None = None
         # Two allowances per source: failed handshakes (a wrong key) and
@@ -132,6 +142,12 @@ class Gateway:
             config.onboarding.attempts_burst, config.onboarding.attempts_per_minute
         )
         self._handshake_log = RateLimitedLog(HANDSHAKE_LOG_INTERVAL_S, HANDSHAKE_LOG_SOURCES)
+        # State changes clients ask for: per client, per host, and in total.
+        self.change_limiter = ChangeLimiter(
+            config.limits.changes_burst,
+            config.limits.changes_per_minute,
+            config.limits.device_changes_per_s,
+        )
         self._resources: dict[tuple[str, ...], ScriptResource] = {}
         self._background: list[asyncio.Task[None]] = []
         self.advertiser: Any = None
@@ -157,6 +173,9 @@ class Gateway:
 
     async def _start(self) -> None:
         cfg = self.config
+        self.log_limiter = logsafe.install(cfg.limits.log_burst, cfg.limits.log_lines_per_minute)
+        self._background.append(asyncio.create_task(self._report_suppressed_lines()))
+        self.data_dir = prepare_data_dir(self.state_dir)
         store = CredentialStore.open(
             self.state_dir,
             onboarding_window_s=cfg.onboarding.window_s,
@@ -192,6 +211,7 @@ class Gateway:
         server = DeviceServer(store, options, audit=self.audit)
         server.state.before_onboarding = self._before_onboarding
         add_tradfri_resources(server, lambda: self.device_name)
+        server.state.before_change = self._before_change
         self.server = server
         for res_cfg in cfg.resources:
             self._mount(res_cfg)
@@ -235,7 +255,7 @@ class Gateway:
 
     def _mount(self, res_cfg: ResourceConfig) -> None:
         assert self.server is not None
-        res = ScriptResource(self.server.state, res_cfg)
+        res = ScriptResource(self.server.state, res_cfg, data_dir=self.data_dir)
         self.server.add_resource(res_cfg.path, res)
         self._resources[res_cfg.path] = res
 
@@ -271,6 +291,14 @@ class Gateway:
         for path, res_cfg in new_by_path.items():
             if path not in self._resources:
                 self._mount(res_cfg)
+        self.change_limiter.configure(
+            new.limits.changes_burst,
+            new.limits.changes_per_minute,
+            new.limits.device_changes_per_s,
+        )
+        self.audit.configure(_audit_limits(new))
+        self.log_limiter.burst = float(new.limits.log_burst)
+        self.log_limiter.rate_per_s = new.limits.log_lines_per_minute / 60.0
         for limiter in (self.handshake_limiter, self.onboarding_limiter):
             limiter.burst = float(new.onboarding.attempts_burst)
             limiter.rate_per_s = new.onboarding.attempts_per_minute / 60.0
@@ -313,8 +341,33 @@ class Gateway:
             self.audit.refusal("onboard-throttled", host)
             wait = self.onboarding_limiter.retry_after_s(host)
             raise TooManyRequests(
-                f"too many onboarding attempts from {host}; retry in {wait:.0f} s"
+                f"too many onboarding attempts from {host}; retry in {wait:.0f} s",
+                retry_after_s=wait,
             )
+        self._limit_change(host, None, "onboard")
+
+    def _before_change(self, request: Message, who: Principal, operation: str) -> None:
+        client = who.client.id if who.client is not None else None
+        self._limit_change(_host(request), client, operation)
+
+    def _limit_change(self, host: str, client: str | None, operation: str) -> None:
+        """4.29 (this client or host asks too often) or 5.03 (the device is busy), with Max-Age."""
+        refused = self.change_limiter.check(client, host)
+        if refused is None:
+            return
+        wait = refused.retry_after_s
+        self.audit.refusal(
+            "change-throttled", host, operation=operation, client=client, scope=refused.scope
+        )
+        if refused.scope == "device":
+            raise ServiceUnavailable(
+                f"the device is busy with other changes; retry in {wait:.1f} s",
+                retry_after_s=wait,
+            )
+        whose = "this client" if refused.scope == "client" else f"{host}"
+        raise TooManyRequests(
+            f"too many changes from {whose}; retry in {wait:.0f} s", retry_after_s=wait
+        )
 
     def _handshake_failed(self, host: str, reason: str) -> None:
         self.handshake_limiter.failure(host)
@@ -337,39 +390,35 @@ class Gateway:
 
     async def _button(self, argv: tuple[str, ...]) -> None:
         """A pairing button: each line the command prints opens onboarding."""
-        backoff_s = 1.0
+
+        def pressed(line: bytes) -> None:
+            if not line.strip():
+                return
+            assert self.store is not None
+            self.store.open_onboarding(self.config.onboarding.window_s, now=time.time())
+            log.info(
+                "pairing button pressed: onboarding open for %.0f s",
+                self.config.onboarding.window_s,
+            )
+
+        env = base_environment(self.data_dir)
+        env["COAPDEV_DEVICE_ID"] = self.store.device.id if self.store else ""
+        await supervise_lines(
+            argv,
+            pressed,
+            what="pairing button command",
+            env=env,
+            cwd=str(self.data_dir),
+            max_line_bytes=BUTTON_MAX_LINE_BYTES,
+            backoff_s=(1.0, 60.0),
+        )
+
+    async def _report_suppressed_lines(self) -> None:
+        """Say how many log lines and audit events were held back, once a minute."""
         while True:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                    env=dict(os.environ, COAPDEV_STATE_DIR=str(self.state_dir)),
-                )
-            except OSError as exc:
-                log.error("cannot start the pairing button command: %s", exc)
-                await asyncio.sleep(30)
-                continue
-            try:
-                assert proc.stdout is not None
-                while line := await proc.stdout.readline():
-                    if not line.strip():
-                        continue
-                    assert self.store is not None
-                    self.store.open_onboarding(self.config.onboarding.window_s, now=time.time())
-                    log.info(
-                        "pairing button pressed: onboarding open for %.0f s",
-                        self.config.onboarding.window_s,
-                    )
-                    backoff_s = 1.0
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-            log.warning("pairing button command exited; restarting in %.0f s", backoff_s)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 60.0)
+            await asyncio.sleep(LOG_SUMMARY_INTERVAL_S)
+            self.log_limiter.flush()
+            self.audit.flush_suppressed()
 
     # --- discovery -------------------------------------------------------------------
 
@@ -403,6 +452,15 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.advertiser.stop()
             self.advertiser = None
+
+
+def _audit_limits(config: GatewayConfig) -> AuditLimits:
+    limits = config.limits
+    return AuditLimits(
+        max_bytes=limits.audit_max_bytes,
+        reserve_free_bytes=limits.audit_reserve_bytes,
+        refusals_per_minute=limits.audit_refusals_per_minute,
+    )
 
 
 def _host(request: Message) -> str:

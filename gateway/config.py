@@ -133,6 +133,24 @@ class LimitsConfig:
     max_observations_per_client: int = budget.MAX_OBSERVATIONS_PER_CLIENT
     max_observations_per_host: int = budget.MAX_OBSERVATIONS_PER_HOST
     max_observations: int = budget.MAX_OBSERVATIONS
+    #: Log lines one call site (the request log: one client) may write at once,
+    #: and per minute after that; the rest are counted and summarised.
+    log_burst: int = 20
+    log_lines_per_minute: float = 20.0
+    #: State changes (onboarding, rekey, rename, role, revoke) one client, and
+    #: one host, may ask for at once, and per minute after that (4.29 beyond).
+    changes_burst: int = 20
+    changes_per_minute: float = 10.0
+    #: State changes all clients together may ask for per second (5.03 beyond):
+    #: the bound on the journal writes (fsyncs) clients can cause.
+    device_changes_per_s: float = 10.0
+    #: The audit log's two files together, at most.
+    audit_max_bytes: int = 4 * 2**20
+    #: The audit log pauses while the state directory has less than this free,
+    #: which keeps that room for credential changes.
+    audit_reserve_bytes: int = 8 * 2**20
+    #: Refusal lines per event and source host per minute (10 times that in all).
+    audit_refusals_per_minute: float = 10.0
 
 
 #: [limits] keys that are counts of things held at once (validated alike).
@@ -428,6 +446,14 @@ class _Reader:
                 "max_observations_per_session",
                 "max_uploads_per_resource",
                 *_COUNT_LIMITS,
+                "log_burst",
+                "log_lines_per_minute",
+                "changes_burst",
+                "changes_per_minute",
+                "device_changes_per_s",
+                "audit_max_bytes",
+                "audit_reserve_bytes",
+                "audit_refusals_per_minute",
             ),
         )
         d = LimitsConfig()
@@ -467,6 +493,47 @@ class _Reader:
                 "limits.max_uploads_per_resource",
                 low=1,
                 high=1_000_000,
+            ),
+            log_burst=self.integer(
+                t.get("log_burst", d.log_burst), "limits.log_burst", low=1, high=1_000_000
+            ),
+            log_lines_per_minute=self.number(
+                t.get("log_lines_per_minute", d.log_lines_per_minute),
+                "limits.log_lines_per_minute",
+                low=0.01,
+            ),
+            changes_burst=self.integer(
+                t.get("changes_burst", d.changes_burst),
+                "limits.changes_burst",
+                low=1,
+                high=1_000_000,
+            ),
+            changes_per_minute=self.number(
+                t.get("changes_per_minute", d.changes_per_minute),
+                "limits.changes_per_minute",
+                low=0.01,
+            ),
+            device_changes_per_s=self.number(
+                t.get("device_changes_per_s", d.device_changes_per_s),
+                "limits.device_changes_per_s",
+                low=0.01,
+            ),
+            audit_max_bytes=self.integer(
+                t.get("audit_max_bytes", d.audit_max_bytes),
+                "limits.audit_max_bytes",
+                low=4096,
+                high=2**40,
+            ),
+            audit_reserve_bytes=self.integer(
+                t.get("audit_reserve_bytes", d.audit_reserve_bytes),
+                "limits.audit_reserve_bytes",
+                low=0,
+                high=2**40,
+            ),
+            audit_refusals_per_minute=self.number(
+                t.get("audit_refusals_per_minute", d.audit_refusals_per_minute),
+                "limits.audit_refusals_per_minute",
+                low=1,
             ),
         )
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import signal
 import time
 import urllib.parse
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiocoap import Code, Message
@@ -37,7 +35,13 @@ from coapdev.server.resources import (
 from coapdev.store import Principal
 
 from .config import InputMode, MethodConfig, OutputFormat, ResourceConfig
-from .runner import ScriptFailure, run_script
+from .runner import (
+    ScriptFailure,
+    base_environment,
+    prepare_data_dir,
+    run_script,
+    supervise_lines,
+)
 
 log = logging.getLogger("coapdev.gateway")
 
@@ -97,9 +101,13 @@ class ScriptResource(ObservableGuardedResource):
     per set of inputs, and concurrent GETs with equal inputs share one run.
     """
 
-    def __init__(self, state: ServerState, config: ResourceConfig) -> None:
+    def __init__(
+        self, state: ServerState, config: ResourceConfig, *, data_dir: Path | None = None
+    ) -> None:
         super().__init__(state)
         self.config = config
+        #: The scripts' working directory (never the state directory, which holds the keys).
+        self.data_dir = data_dir or prepare_data_dir(state.store.directory)
         roles = {method: m.roles for method, m in config.methods}
         if config.observe is not None and config.observe.watch is not None:
             roles.setdefault("GET", frozenset().union(*roles.values()) or _all_roles())
@@ -115,7 +123,6 @@ class ScriptResource(ObservableGuardedResource):
         #: GET runs in progress per set of inputs, shared by concurrent GETs.
         self._in_flight: dict[ScriptInputs, asyncio.Task[bytes]] = {}
         self._observer_task: asyncio.Task[None] | None = None
-        self._watch_process: asyncio.subprocess.Process | None = None
         #: The watcher's latest line, and when it came (monotonic); set once it has one.
         self._watched: tuple[bytes, float] | None = None
         self._watched_event = asyncio.Event()
@@ -285,7 +292,7 @@ class ScriptResource(ObservableGuardedResource):
                 env=self._environment(method, inputs),
                 timeout_s=mc.timeout_s,
                 max_output_bytes=self.config.max_output_bytes,
-                cwd=str(self.state.store.directory),
+                cwd=str(self.data_dir),
             )
         except ScriptFailure as failure:
             log.warning("%s %s: %s", method, self.config.path_text, failure)
@@ -315,9 +322,7 @@ class ScriptResource(ObservableGuardedResource):
         if inputs is not None:
             query = "&".join(urllib.parse.quote(q, safe="=") for q in inputs.query)
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOME": os.environ.get("HOME", "/"),
+            **base_environment(self.data_dir),
             "COAPDEV_METHOD": method,
             "COAPDEV_PATH": self.config.path_text,
             "COAPDEV_QUERY": query,
@@ -326,7 +331,6 @@ class ScriptResource(ObservableGuardedResource):
             "COAPDEV_CLIENT_ROLE": inputs.client_role if inputs else "",
             "COAPDEV_CONTENT_FORMAT": _format_number(inputs.content_format if inputs else None),
             "COAPDEV_ACCEPT": _format_number(inputs.accept if inputs else None),
-            "COAPDEV_STATE_DIR": str(self.state.store.directory),
             "COAPDEV_DEVICE_ID": self.state.store.device.id,
         }
         # Names are validated printable at onboarding; be sure nothing odd slips in.
@@ -400,54 +404,14 @@ class ScriptResource(ObservableGuardedResource):
 
     async def _watch(self, argv: tuple[str, ...]) -> None:
         """Keep a watcher running while observed; each line it prints is the new state."""
-        backoff_s = 0.5
-        env = self._environment("GET", None)
-        while True:
-            started = time.monotonic()
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
-                    cwd=str(self.state.store.directory),
-                    limit=self.config.max_output_bytes + 1,
-                )
-            except OSError as exc:
-                log.error("cannot start watcher of %s: %s", self.config.path_text, exc)
-                proc = None
-            if proc is not None:
-                self._watch_process = proc
-                try:
-                    assert proc.stdout is not None
-                    while True:
-                        try:
-                            line = await proc.stdout.readline()
-                        except ValueError:  # a line over the output limit
-                            log.warning(
-                                "watcher of %s printed an over-long line", self.config.path_text
-                            )
-                            break
-                        if not line:
-                            break
-                        self._new_watched_state(line.rstrip(b"\r\n"))
-                finally:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    await proc.wait()
-                    self._watch_process = None
-                log.warning(
-                    "watcher of %s exited (%s); restarting in %.1f s",
-                    self.config.path_text,
-                    proc.returncode,
-                    backoff_s,
-                )
-            if time.monotonic() - started > 30:
-                backoff_s = 0.5
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 30.0)
+        await supervise_lines(
+            argv,
+            self._new_watched_state,
+            what=f"watcher of {self.config.path_text}",
+            env=self._environment("GET", None),
+            cwd=str(self.data_dir),
+            max_line_bytes=self.config.max_output_bytes,
+        )
 
     def _new_watched_state(self, state: bytes) -> None:
         self._watched = (state, time.monotonic())

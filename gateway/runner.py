@@ -2,12 +2,26 @@
 
 - argv comes from the config only; a request reaches a script through its
   stdin (the payload, verbatim) and environment variables.  No shell runs.
-- every script gets its own process group; on timeout or oversize output
-  the whole group is killed, so nothing of it is left behind;
+- a script is done when its process exits, not when its pipes close (a
+  child that inherited stdout must not hold the answer hostage); what it
+  printed is collected for a short grace period after the exit;
+- nothing of a script outlives its answer: its process group is killed, and
+  so is every descendant that left the group (``setsid``, a double fork).
+  Descendants are found by a tag in their environment, which every child
+  inherits, and by parent links; a descendant that both detaches and
+  replaces its whole environment is beyond reach (such helpers belong in a
+  systemd unit of their own);
+- the gateway's ends of a script's pipes are always closed, whatever holds
+  the other ends, so no descriptor leaks; a script inherits no descriptor
+  but its stdin, stdout and stderr;
 - stdout is read up to a limit; stderr is kept only in part, for the log;
 - exit status 0 is success, 65 (EX_DATAERR) means "the client's input was
   wrong" and becomes 4.00 with the script's output as the reason; anything
   else becomes 5.00 with a short diagnostic.
+
+:class:`LineProcess` runs a long-lived command the same way and hands each
+line it prints to a callback: the watchers of observed resources and the
+pairing button command use it, through :func:`supervise_lines`.
 """
 
 from __future__ import annotations
@@ -16,9 +30,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("coapdev.gateway.runner")
 
@@ -26,8 +43,14 @@ log = logging.getLogger("coapdev.gateway.runner")
 EXIT_BAD_INPUT = 65
 #: How much of a script's stderr is kept for the log.
 STDERR_KEEP_BYTES = 4096
-#: After the script exits, how long stragglers holding its stdout may linger.
-EXIT_GRACE_S = 0.5
+#: After the script exits, how long its output may take to arrive; what is in
+#: the pipe at the exit is read within one turn of the event loop, so this
+#: only bounds how long a descendant that keeps stdout open may delay the answer.
+EXIT_GRACE_S = 0.1
+#: How long to wait for the pipes to be torn down once everything is killed.
+CLOSE_WAIT_S = 2.0
+#: The environment variable that tags every process started for a script.
+TAG_VARIABLE = "COAPDEV_RUN"
 
 
 class ScriptFailure(Exception):
@@ -46,9 +69,195 @@ class ScriptResult:
     returncode: int
 
 
-def _kill_group(pid: int) -> None:
+# --- finding and killing a script's processes -----------------------------------------
+
+
+def new_tag() -> str:
+    return secrets.token_hex(8)
+
+
+def _proc_entries() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(b")", 1)[1].split()[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _has_tag(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in b"\0" + f.read()
+    except OSError:  # gone, or another user's process
+        return False
+
+
+def process_tree(tag: str) -> set[int]:
+    """Every live process that carries ``tag`` or descends from one that does.
+
+    One pass over /proc: tagged processes are found wherever they were
+    reparented to; children are followed from each of them, for
+    descendants that replaced their environment but still have their
+    parent.  (Not from a pid that exited: its number may be reused.)
+    """
+    marker = f"\0{TAG_VARIABLE}={tag}\0".encode()
+    me = os.getpid()
+    uid = os.getuid()
+    children: dict[int, list[int]] = {}
+    found: set[int] = set()
+    for pid in _proc_entries():
+        if pid == me:
+            continue
+        parent = _parent_of(pid)
+        if parent is not None:
+            children.setdefault(parent, []).append(pid)
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        if _has_tag(pid, marker):
+            found.add(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def kill_tree(pid: int, tag: str) -> None:
+    """SIGKILL the process group of ``pid`` and every process of its tree."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+    for member in process_tree(tag):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGKILL)
+
+
+def tagged_environment(env: Mapping[str, str], tag: str) -> dict[str, str]:
+    return {**env, TAG_VARIABLE: tag}
+
+
+# --- the process protocol -------------------------------------------------------------
+
+
+class _Protocol(asyncio.SubprocessProtocol):
+    """Collects a process's output; knows when it exited, apart from its pipes."""
+
+    def __init__(
+        self,
+        max_stdout_bytes: int,
+        on_stdout: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.max_stdout_bytes = max_stdout_bytes
+        self.on_stdout = on_stdout
+        self.too_large = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.outputs_closed = asyncio.Event()
+        self.finished = asyncio.Event()
+        self._open_outputs = {1, 2}
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            if self.on_stdout is not None:
+                self.on_stdout(data)
+                return
+            if len(self.stdout) + len(data) > self.max_stdout_bytes:
+                self.stdout.extend(data[: self.max_stdout_bytes + 1 - len(self.stdout)])
+                self.too_large.set()
+                return
+            self.stdout.extend(data)
+        elif fd == 2:
+            room = STDERR_KEEP_BYTES - len(self.stderr)
+            if room > 0:
+                self.stderr.extend(data[:room])
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open_outputs.discard(fd)
+        if not self._open_outputs:
+            self.outputs_closed.set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finished.set()
+
+
+@dataclass
+class _Started:
+    transport: asyncio.SubprocessTransport
+    protocol: _Protocol
+    tag: str
+
+    @property
+    def pid(self) -> int:
+        return self.transport.get_pid()
+
+    async def close(self) -> None:
+        """Kill whatever is left of the process's tree and close every pipe end we hold.
+
+        Both happen before the first ``await``, so a cancelled caller (a
+        request given up, the gateway stopping) still leaves nothing behind.
+        """
+        kill_tree(self.pid, self.tag)  # one walk over /proc: about 1 ms per 100 processes
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is not None and stdin.get_write_buffer_size():  # type: ignore[attr-defined]
+            stdin.abort()  # its buffer may never drain: a holder that does not read
+        self.transport.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.protocol.finished.wait()
+
+
+async def _start(
+    argv: Sequence[str],
+    protocol: _Protocol,
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    stdin: bool,
+    stderr: bool,
+) -> _Started:
+    loop = asyncio.get_running_loop()
+    tag = new_tag()
+    try:
+        transport, _ = await loop.subprocess_exec(
+            lambda: protocol,
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
+            env=tagged_environment(env, tag),
+            cwd=cwd,
+            start_new_session=True,  # its own process group, killed as a whole
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise ScriptFailure("start", f"cannot start {_name(argv)}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. an environment value with a NUL byte
+        raise ScriptFailure("start", f"cannot start {_name(argv)}: {exc}") from None
+    if not stderr:
+        protocol.pipe_connection_lost(2, None)
+    return _Started(transport, protocol, tag)
+
+
+# --- one script, one answer -----------------------------------------------------------
 
 
 async def run_script(
@@ -61,88 +270,40 @@ async def run_script(
     cwd: str | None = None,
 ) -> ScriptResult:
     """Run one script to completion within the limits, or raise ScriptFailure."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,  # its own process group, killed as a whole
-        )
-    except OSError as exc:
-        raise ScriptFailure("start", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # e.g. an environment value with a NUL byte
-        raise ScriptFailure("start", f"cannot start {argv[0]}: {exc}") from None
-
-    stdout = bytearray()
-    stderr = bytearray()
-    too_large = asyncio.Event()
-
-    async def feed() -> None:
-        assert proc.stdin is not None
-        try:
+    protocol = _Protocol(max_output_bytes)
+    started = await _start(argv, protocol, env=env, cwd=cwd, stdin=True, stderr=True)
+    pipe = started.transport.get_pipe_transport(0)
+    if pipe is not None:
+        with contextlib.suppress(Exception):
             if stdin:
-                proc.stdin.write(stdin)
-                await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the script did not read all of its input: its choice
-        finally:
-            with contextlib.suppress(Exception):
-                proc.stdin.close()
-
-    async def read_stdout() -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            stdout.extend(chunk)
-            if len(stdout) > max_output_bytes:
-                too_large.set()
-                _kill_group(proc.pid)
-                return
-
-    async def read_stderr() -> None:
-        assert proc.stderr is not None
-        while chunk := await proc.stderr.read(65536):
-            room = STDERR_KEEP_BYTES - len(stderr)
-            if room > 0:
-                stderr.extend(chunk[:room])
-
-    tasks = [asyncio.ensure_future(t) for t in (feed(), read_stdout(), read_stderr())]
+                pipe.write(stdin)  # type: ignore[attr-defined]
+            pipe.write_eof()  # type: ignore[attr-defined]
+    timed_out = False
     try:
         try:
             async with asyncio.timeout(timeout_s):
-                await proc.wait()
-                if not too_large.is_set():
+                await _first(protocol.exited, protocol.too_large)
+                if not protocol.too_large.is_set():
                     # Output may still be in the pipe; stragglers that keep it
-                    # open past the grace period are killed with the group.
+                    # open past the grace period are killed with the tree.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(EXIT_GRACE_S):
-                            await asyncio.gather(tasks[1], tasks[2])
+                            await _first(protocol.outputs_closed, protocol.too_large)
         except TimeoutError:
-            _kill_group(proc.pid)
-            raise ScriptFailure(
-                "timeout", f"{_name(argv)} did not finish within {timeout_s:g} s"
-            ) from None
+            timed_out = True
     finally:
-        _kill_group(proc.pid)  # whatever of the group is left
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(ProcessLookupError):
-            if proc.returncode is None:
-                proc.kill()
-        await proc.wait()
-
-    if too_large.is_set():
+        await started.close()
+    if timed_out:
+        raise ScriptFailure("timeout", f"{_name(argv)} did not finish within {timeout_s:g} s")
+    if protocol.too_large.is_set():
         raise ScriptFailure(
             "too-large", f"{_name(argv)} printed more than {max_output_bytes} bytes"
         )
-    code = proc.returncode if proc.returncode is not None else -1
+    stdout, stderr = bytes(protocol.stdout), bytes(protocol.stderr)
+    code = started.transport.get_returncode()
+    code = -1 if code is None else code
     if code == EXIT_BAD_INPUT:
-        raise ScriptFailure(
-            "bad-input", _short(bytes(stdout)) or "input rejected", output=bytes(stdout)
-        )
+        raise ScriptFailure("bad-input", _short(stdout) or "input rejected", output=stdout)
     if code != 0:
         reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         if stderr:
@@ -150,7 +311,134 @@ async def run_script(
                 "%s %s; stderr: %s", _name(argv), reason, stderr.decode("utf-8", "replace").strip()
             )
         raise ScriptFailure("exit", f"{_name(argv)} {reason}")
-    return ScriptResult(bytes(stdout), bytes(stderr), code)
+    return ScriptResult(stdout, stderr, code)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+# --- long-lived commands that print lines ---------------------------------------------
+
+
+class LineProcess:
+    """A long-running command whose every output line goes to ``on_line``.
+
+    Lines are split at ``\\n`` (a trailing ``\\r`` is dropped); a line longer
+    than ``max_line_bytes`` ends the process (it is restarted by
+    :func:`supervise_lines`), so a runaway command cannot fill memory.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[bytes], None],
+        *,
+        env: Mapping[str, str],
+        cwd: str | None,
+        max_line_bytes: int,
+    ) -> None:
+        self.argv = tuple(argv)
+        self.on_line = on_line
+        self.env = env
+        self.cwd = cwd
+        self.max_line_bytes = max_line_bytes
+        self.overlong = False
+        self._partial = bytearray()
+        self._started: _Started | None = None
+
+    def _data(self, data: bytes) -> None:
+        if self.overlong:
+            return
+        self._partial.extend(data)
+        while (end := self._partial.find(b"\n")) >= 0:
+            line = bytes(self._partial[:end]).rstrip(b"\r")
+            del self._partial[: end + 1]
+            if len(line) > self.max_line_bytes:
+                break
+            self.on_line(line)
+        else:
+            if len(self._partial) <= self.max_line_bytes:
+                return
+        self.overlong = True
+        self._partial.clear()
+        if self._started is not None:
+            kill_tree(self._started.pid, self._started.tag)
+
+    async def run(self) -> int | None:
+        """Run until the command exits (or is cancelled); its exit status."""
+        protocol = _Protocol(0, on_stdout=self._data)
+        self._started = await _start(
+            self.argv, protocol, env=self.env, cwd=self.cwd, stdin=False, stderr=False
+        )
+        try:
+            await protocol.exited.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EXIT_GRACE_S):
+                    await protocol.outputs_closed.wait()
+        finally:
+            started, self._started = self._started, None
+            await started.close()
+        return started.transport.get_returncode()
+
+
+async def supervise_lines(
+    argv: Sequence[str],
+    on_line: Callable[[bytes], None],
+    *,
+    what: str,
+    env: Mapping[str, str],
+    cwd: str | None,
+    max_line_bytes: int,
+    backoff_s: tuple[float, float] = (0.5, 30.0),
+    on_start: Callable[[], None] | None = None,
+) -> None:
+    """Keep ``argv`` running (restarted with back-off) until cancelled.
+
+    The back-off starts at ``backoff_s[0]``, doubles up to ``backoff_s[1]``
+    and starts over once the command ran for 30 s.
+    """
+    first, most = backoff_s
+    delay_s = first
+    while True:
+        started = time.monotonic()
+        process = LineProcess(argv, on_line, env=env, cwd=cwd, max_line_bytes=max_line_bytes)
+        try:
+            if on_start is not None:
+                on_start()
+            code = await process.run()
+        except ScriptFailure as failure:
+            log.error("cannot start %s: %s", what, failure)
+        else:
+            why = f"printed a line over {max_line_bytes} bytes" if process.overlong else code
+            log.warning("%s exited (%s); restarting in %.1f s", what, why, delay_s)
+        if time.monotonic() - started > 30:
+            delay_s = first
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, most)
+
+
+def base_environment(data_dir: Path) -> dict[str, str]:
+    """What every process the gateway starts inherits: little of the gateway's own."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": os.environ.get("HOME", "/"),
+        "COAPDEV_DATA_DIR": str(data_dir),
+    }
+
+
+def prepare_data_dir(state_dir: Path) -> Path:
+    """Where scripts run and keep their own files: never the directory of the keys."""
+    path = Path(state_dir) / "data"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
 
 
 def _name(argv: Sequence[str]) -> str:

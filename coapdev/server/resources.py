@@ -90,6 +90,9 @@ class ServerState:
     max_observations: int = budget.MAX_OBSERVATIONS
     #: Blockwise uploads in progress per resource; more get 5.03 until some finish.
     max_uploads_per_resource: int = 32
+    #: Optional check before a state change a client asks for (rate limits);
+    #: called with the request, who asks and the operation; raises RequestRefused.
+    before_change: Callable[[Message, Principal, str], None] | None = None
 
     def __post_init__(self) -> None:
         self._observations_by_client = Tally(self.max_observations_per_client)
@@ -98,6 +101,11 @@ class ServerState:
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    def check_change(self, request: Message, who: Principal, operation: str) -> None:
+        """Rate limits of state changes (set by the gateway); raises RequestRefused."""
+        if self.before_change is not None:
+            self.before_change(request, who, operation)
 
     def reserve_observation(self, remote: Any, principal: Principal) -> Callable[[], None] | None:
         """Count one more observation against its session, client, host and the device;
@@ -344,7 +352,10 @@ def bound_block1(res: resource.Resource, max_bytes: int, max_uploads: int) -> No
                     raise coap_error.ServiceUnavailable("too many uploads in progress")
             elif len(req.payload) > max_bytes:
                 raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
-            return super().feed_and_take(req)
+            try:
+                return super().feed_and_take(req)
+            except ValueError:  # a block that does not continue the upload (size, offset)
+                raise coap_error.RequestEntityIncomplete() from None
 
     res._block1 = BoundedBlock1Spool()
 
@@ -796,6 +807,7 @@ class ClientItemResource(GuardedResource, resource.PathCapable):
 
     async def render_put(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
+        self.state.check_change(request, who, "client-change")
         body = request_value(request)
         if not isinstance(body, dict) or not body.keys() <= {Key.NAME.value, Key.ROLE.value}:
             raise BadRequest('send a map with "name" and/or "role"')
@@ -816,6 +828,7 @@ class ClientItemResource(GuardedResource, resource.PathCapable):
 
     async def render_delete(self, request: Message, who: Principal) -> Message:
         target = self._target(request)
+        self.state.check_change(request, who, "revoke")
         actor = who.client.name if who.client else "?"
         self.state.store.revoke(
             target.id, by=who.client.id if who.client else "?", actor=who.credential
@@ -834,6 +847,7 @@ class RekeyResource(GuardedResource):
     async def render_post(self, request: Message, who: Principal) -> Message:
         client = who.client
         assert client is not None  # the policy admits no factory identity here
+        self.state.check_change(request, who, "rekey")
         pending = self.state.store.begin_rekey(
             client.id, now=self.state.clock(), actor=who.credential
         )

@@ -1,6 +1,6 @@
 """Demo light for the default gateway config: `light.py get|set|toggle`.
 
-State lives in $COAPDEV_STATE_DIR/light-state.json (written atomically).
+State lives in $COAPDEV_DATA_DIR/light-state.json (written atomically).
 `set` reads the request payload on stdin: {"on": true}, true/false, 1/0, or
 the words on, off, toggle.  Prints the new state as JSON.  Exit status 65
 rejects input it does not understand (the client gets 4.00).
@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 
-STATE = os.path.join(os.environ.get("COAPDEV_STATE_DIR", "."), "light-state.json")
+STATE = os.path.join(os.environ.get("COAPDEV_DATA_DIR", "."), "light-state.json")
 
 
 def read() -> bool:

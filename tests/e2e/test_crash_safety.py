@@ -34,6 +34,11 @@ always_open = true
 max_clients = 100000
 attempts_burst = 100000
 attempts_per_minute = 100000
+[limits]
+# the storm changes state as fast as it can: not what is tested here
+changes_burst = 1000000
+changes_per_minute = 1000000
+device_changes_per_s = 1000000
 """
 
 

@@ -129,7 +129,7 @@ def test_hostile_payloads_arrive_verbatim_and_run_nothing(
 
     answer = run(scenario(), timeout_s=120)
     assert answer == {"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
-    assert (scripted.state_dir / "received.bin").read_bytes() == payload
+    assert (scripted.state_dir / "data" / "received.bin").read_bytes() == payload
     assert not marker.exists()
 
 
@@ -173,8 +173,8 @@ def test_sleeping_script_gets_504_within_timeout_and_leaves_no_process(
             assert time.monotonic() - started < 5
 
     run(scenario())
-    pgid = int((scripted.state_dir / "sleeper.pid").read_text())
-    child = int((scripted.state_dir / "sleeper-child.pid").read_text())
+    pgid = int((scripted.state_dir / "data" / "sleeper.pid").read_text())
+    child = int((scripted.state_dir / "data" / "sleeper-child.pid").read_text())
     wait_for(lambda: not process_group_alive(pgid), 5, what="script's process group to be gone")
     assert process_gone(child)
 
@@ -232,9 +232,9 @@ def test_roles_are_enforced_per_method(scripted, admin_and_user, run):
 
 
 def test_observe_interval_notifies_on_change_only(scripted, admin_and_user, run):
-    value = scripted.state_dir / "value.txt"
+    value = scripted.state_dir / "data" / "value.txt"
     value.write_text("one\n")
-    runs = scripted.state_dir / "runs.log"
+    runs = scripted.state_dir / "data" / "runs.log"
 
     async def scenario():
         seen = []
@@ -274,7 +274,7 @@ def test_observe_watch_notifies_each_line_and_stops_when_unobserved(scripted, ad
     seen = run(scenario())
     numbers = [int(s.split("-")[1]) for s in seen]
     assert numbers == list(range(numbers[0], numbers[0] + 5))
-    pids = [int(p) for p in (scripted.state_dir / "watcher.pids").read_text().split()]
+    pids = [int(p) for p in (scripted.state_dir / "data" / "watcher.pids").read_text().split()]
     wait_for(
         lambda: not any(process_group_alive(p) for p in pids),
         10,
@@ -320,7 +320,7 @@ def test_sigterm_kills_running_scripts_and_exits_cleanly(scripted, admin_and_use
 
     async def scenario():
         dev, task = await start_sleeper()
-        pidfile = scripted.state_dir / "sleeper.pid"
+        pidfile = scripted.state_dir / "data" / "sleeper.pid"
         await asyncio.to_thread(wait_for, pidfile.exists, 5)
         pgid = int(pidfile.read_text())
         scripted.signal(signal.SIGTERM)
@@ -337,7 +337,7 @@ def test_sigterm_kills_running_scripts_and_exits_cleanly(scripted, admin_and_use
 def test_cli_observe_exec_runs_command_per_notification(
     scripted, admin_and_user, config_dir, tmp_path
 ):
-    value = scripted.state_dir / "value.txt"
+    value = scripted.state_dir / "data" / "value.txt"
     value.write_text("first\n")
     key = scripted.factory_key()
     assert run_cli(config_dir, "onboard", scripted.uri, "--key", key).returncode == 0
@@ -388,7 +388,7 @@ def test_default_config_demo_light_and_system_resources(gateway, run):
                 await dev.put("/light", "dim")
 
     run(scenario())
-    assert json.loads((gateway.state_dir / "light-state.json").read_text()) == {"on": True}
+    assert json.loads((gateway.state_dir / "data" / "light-state.json").read_text()) == {"on": True}
 
 
 def test_a_change_made_by_put_is_notified_once(gateway, run):

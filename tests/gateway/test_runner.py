@@ -13,7 +13,7 @@ from gateway.runner import ScriptFailure, run_script
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def run(argv, stdin=b"", timeout_s=5.0, max_output_bytes=1 << 20, env=None):
+def run(argv, stdin=b"", timeout_s=5.0, max_output_bytes=1 << 20, env=None, cwd=None):
     return asyncio.run(
         run_script(
             argv,
@@ -21,20 +21,21 @@ def run(argv, stdin=b"", timeout_s=5.0, max_output_bytes=1 << 20, env=None):
             env=env or dict(os.environ),
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
+            cwd=cwd,
         )
     )
 
 
 def test_stdin_verbatim_and_output(tmp_path):
     payload = bytes(range(256)) * 4096  # 1 MiB, every byte value, NULs included
-    env = dict(os.environ, COAPDEV_STATE_DIR=str(tmp_path))
+    env = dict(os.environ, COAPDEV_DATA_DIR=str(tmp_path))
     result = run(["python3", str(SCRIPTS / "record_stdin.py")], stdin=payload, env=env)
     assert (tmp_path / "received.bin").read_bytes() == payload
     assert b'"length": 1048576' in result.stdout
 
 
 def test_timeout_kills_the_whole_group(tmp_path):
-    env = dict(os.environ, COAPDEV_STATE_DIR=str(tmp_path))
+    env = dict(os.environ, COAPDEV_DATA_DIR=str(tmp_path))
     started = time.monotonic()
     with pytest.raises(ScriptFailure) as info:
         run([str(SCRIPTS / "sleep_forever.sh")], timeout_s=0.5, env=env)
@@ -78,3 +79,71 @@ def test_no_shell_interprets_arguments(tmp_path):
     result = run(["echo", f"$(touch {marker})", "; rm -rf /", "`id`"])
     assert result.stdout == f"$(touch {marker}) ; rm -rf / `id`\n".encode()
     assert not marker.exists()
+
+
+# --- a script is done when it exits; nothing of it outlives its answer ----------------
+
+
+def _descendant(tmp_path: Path) -> int:
+    pidfile = tmp_path / "descendant.pid"
+    deadline = time.monotonic() + 5
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "the script recorded no descendant"
+        time.sleep(0.02)
+    return int(pidfile.read_text().split()[-1])
+
+
+@pytest.mark.parametrize("mode", ["keep-stdout", "setsid", "daemon"])
+def test_a_script_is_done_when_it_exits_and_its_descendants_are_killed(tmp_path, mode):
+    env = dict(os.environ, COAPDEV_DATA_DIR=str(tmp_path))
+    started = time.monotonic()
+    result = run([str(SCRIPTS / "detach.sh"), mode], timeout_s=10, env=env)
+    elapsed = time.monotonic() - started
+    assert result.stdout == f"answered {mode}\n".encode()
+    assert elapsed < 3, f"answered after {elapsed:.1f} s: waited for the pipes, not the exit"
+    descendant = _descendant(tmp_path)
+    deadline = time.monotonic() + 3
+    while not process_gone(descendant):
+        assert time.monotonic() < deadline, f"descendant {descendant} ({mode}) outlived the script"
+        time.sleep(0.05)
+
+
+def test_no_descriptor_leaks_from_scripts_that_detach(tmp_path):
+    env = dict(os.environ, COAPDEV_DATA_DIR=str(tmp_path))
+
+    async def many(n: int) -> None:
+        for i in range(n):
+            mode = ("keep-stdout", "setsid", "daemon")[i % 3]
+            await run_script(
+                [str(SCRIPTS / "detach.sh"), mode],
+                stdin=b"x",
+                env=env,
+                timeout_s=10,
+                max_output_bytes=1000,
+            )
+
+    async def scenario() -> tuple[int, int]:
+        await many(3)  # warm up (the event loop's own descriptors)
+        before = len(os.listdir("/proc/self/fd"))
+        await many(60)
+        return before, len(os.listdir("/proc/self/fd"))
+
+    before, after = asyncio.run(scenario())
+    assert after <= before, f"descriptors {before} -> {after}"
+
+
+def test_scripts_run_in_the_given_directory_and_inherit_only_stdio(tmp_path):
+    import json
+
+    work = tmp_path / "work"
+    work.mkdir()
+    keep = open(tmp_path / "secret", "w")  # a descriptor of this process, not for scripts
+    try:
+        result = run(["python3", str(SCRIPTS / "fds.py")], env=dict(os.environ), cwd=str(work))
+    finally:
+        keep.close()
+    seen = json.loads(result.stdout)
+    assert seen["cwd"] == str(work)
+    inherited = {fd: target for fd, target in seen["fds"].items() if int(fd) > 2}
+    # the only other descriptor is the one listing /proc/self/fd
+    assert all(target.startswith("/proc/") for target in inherited.values()), inherited

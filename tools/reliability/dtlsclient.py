@@ -39,6 +39,9 @@ class RawDtlsClient:
         self.mutate = mutate
         self.sent = 0
         self.received: list[bytes] = []
+        #: Every datagram that arrived, as it arrived (records still encrypted).
+        self.arrived: list[bytes] = []
+        self.keep_arrived = False
         self.connected = False
         self.failed: int | None = None
         self.closed_by_peer = False
@@ -100,6 +103,8 @@ class RawDtlsClient:
             except OSError:
                 break
             count += 1
+            if self.keep_arrived:
+                self.arrived.append(data)
             with contextlib.suppress(Exception):
                 self._dtls.handleMessage(self._session, data)
             self.sock.settimeout(0.001)

@@ -3,6 +3,8 @@
     tools/fuzz --quick              # CI: ~15 s, a few thousand inputs
     tools/fuzz                      # longer: 5 minutes or 300 000 datagrams
     tools/fuzz --seconds 60 --datagrams 50000 --seed 7 --json result.json
+    tools/fuzz --mode grammar [--quick]     # odd CoAP inside sessions (see sessionfuzz.py)
+    tools/fuzz --mode handshake [--quick]   # mutated ClientHello/ClientKeyExchange
 
 It starts its own gateway (loopback only, a fresh state directory), onboards
 a legitimate admin client that keeps working throughout (requests, and an
@@ -57,6 +59,11 @@ attempts_per_minute = 600
 [limits]
 max_sessions = 2000
 handshake_timeout_s = 4
+# the fuzz user re-onboards itself after fuzzed requests revoked it, and the
+# fresh client at the end must not be refused for what the fuzzer spent
+changes_burst = 1000000
+changes_per_minute = 1000000
+device_changes_per_s = 1000000
 
 [[resource]]
 path = "/legit"
@@ -74,6 +81,11 @@ get = { run = ["echo", "hello"] }
 put = { run = ["cat"] }
 post = { run = ["cat"] }
 observe = { interval_s = 1.0 }
+
+[[resource]]
+path = "/plain"
+title = "a script resource that is not observable"
+get = { run = ["echo", "plain"] }
 """
 
 FUZZ_SOURCES = [f"127.0.1.{i}" for i in range(1, 251)]
@@ -641,7 +653,21 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/fuzz", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--mode",
+        choices=["datagrams", "grammar", "handshake"],
+        default="datagrams",
+        help="datagrams (the default): hostile datagrams from outside and inside sessions; "
+        "grammar: odd but well-framed CoAP inside sessions as admin, user and factory "
+        "identity, every answer judged; handshake: ClientHello and ClientKeyExchange "
+        "changed field by field, past the cookie check",
+    )
     p.add_argument("--quick", action="store_true", help="CI mode: 12 s or 20 000 datagrams")
+    p.add_argument("--inputs", type=int, help="grammar/handshake: stop after this many")
+    p.add_argument("--kinds", help="grammar: only these kinds of message (comma-separated)")
+    p.add_argument(
+        "--identities", help="grammar: only these speak (comma-separated: admin,user,factory)"
+    )
     p.add_argument("--seconds", type=float, help="stop after this long (default 300)")
     p.add_argument("--datagrams", type=int, help="stop after this many (default 300 000)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
@@ -658,6 +684,16 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = random.randrange(2**31)
     if args.settle is None:
         args.settle = 2.0 if args.quick else 5.0
+    if args.mode != "datagrams":
+        from . import sessionfuzz
+
+        if args.inputs is None:
+            args.inputs = 5_000 if args.quick else 1_000_000
+        result = sessionfuzz.run(args, args.mode)
+        print(sessionfuzz.report(result), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        return 0 if result["passed"] else 1
     result = run(args)
     print(report(result), flush=True)
     if args.json:

@@ -44,6 +44,11 @@ max_clients = 5000
 attempts_burst = 10000
 attempts_per_minute = 10000
 
+[limits]
+changes_burst = 1000000
+changes_per_minute = 1000000
+device_changes_per_s = 1000000
+
 [[resource]]
 path = "/hello"
 get = { run = ["echo", "hello"] }

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Test script: a watcher printing a new state every 0.3 s.
-echo $$ >> "$COAPDEV_STATE_DIR/watcher.pids"
+echo $$ >> "$COAPDEV_DATA_DIR/watcher.pids"
 i=0
 while [ $i -lt 100 ]; do
   i=$((i + 1))
