@@ -66,6 +66,11 @@ class Policy:
         ]
 
     @property
+    def opens_to_factory(self) -> bool:
+        """Whether any operation here is one the factory identity may ask for."""
+        return any(rule.factory for rule in self.rules.values())
+
+    @property
     def visible_to(self) -> frozenset[Role]:
         """Roles for which the resource is listed in /.well-known/core."""
         visible: set[Role] = set()

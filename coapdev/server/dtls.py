@@ -295,6 +295,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._next_mid = int.from_bytes(os.urandom(2), "big")
         #: Serves simple requests without aiocoap's message layer (set by the owner).
         self.fast_path: Any = None
+        #: Decides on a factory-key session's request aiocoap would take: None lets it
+        #: through, else the refusal to send (see _admit_to_aiocoap).
+        self.screen_factory: Callable[[Message], Message | None] | None = None
 
     # --- set-up and tear-down ---------------------------------------------------
 
@@ -573,18 +576,28 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _admit_to_aiocoap(self, peer: DtlsPeer, message: Message) -> bool:
         """Whether aiocoap may take this message; else it is answered here.
 
-        A factory-key session needs nothing but onboarding, which the fast
-        path serves: anything else it sends gets 4.01 without aiocoap (which
-        would remember it).
+        A factory-key session may reach aiocoap only at the doors the factory
+        key opens (onboarding, for what the fast path leaves over, such as a
+        Block1 upload); anything else it sends is refused here, decided and
+        audited by the site like every other request, and aiocoap, which
+        would remember it, never sees it.
         """
         credential = peer.credential
-        if credential is None or getattr(credential, "is_factory", False):
-            self.stats["refused-factory-slow-path"] += 1
-            self._answer_directly(
-                peer, message, Code.UNAUTHORIZED, "the factory key only opens onboarding"
+        if credential is not None and not getattr(credential, "is_factory", False):
+            return True
+        screen = self.screen_factory
+        refusal = None if screen is None else screen(message)
+        if screen is not None and refusal is None:
+            return True
+        self.stats["refused-factory-slow-path"] += 1
+        if refusal is None:
+            refusal = Message(
+                code=Code.UNAUTHORIZED,
+                payload=b"the factory key only opens onboarding",
+                content_format=0,
             )
-            return False
-        return True
+        self._answer_with(peer, message, refusal)
+        return False
 
     def _answer_directly(
         self,
@@ -595,23 +608,21 @@ class DtlsServerTransport(interfaces.MessageInterface):
         max_age_s: float | None = None,
     ) -> None:
         """An error answer built and sent here, so aiocoap keeps nothing of the request."""
+        response = Message(code=code, payload=diagnostic.encode(), content_format=0)
+        if max_age_s is not None:
+            response.opt.max_age = max(1, math.ceil(max_age_s))
+        self._answer_with(peer, request, response)
+
+    def _answer_with(self, peer: DtlsPeer, request: Message, response: Message) -> None:
+        """Send ``response`` to ``request`` from here (piggybacked on the ACK of a CON)."""
         if not request.code.is_request():
             return  # an empty message (ping) or a stray response: nothing to answer
         if request.mtype == CON:
-            mtype, mid = ACK, request.mid
+            response.mtype, response.mid = ACK, request.mid
         else:
             self._next_mid = (self._next_mid + 1) & 0xFFFF
-            mtype, mid = NON, self._next_mid
-        response = Message(
-            mtype=mtype,
-            mid=mid,
-            code=code,
-            token=request.token,
-            payload=diagnostic.encode(),
-            content_format=0,
-        )
-        if max_age_s is not None:
-            response.opt.max_age = max(1, math.ceil(max_age_s))
+            response.mtype, response.mid = NON, self._next_mid
+        response.token = request.token
         self._send_plaintext(peer, response.encode())
 
     # --- tinydtls callbacks: never raise, only record --------------------------------

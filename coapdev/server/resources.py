@@ -385,6 +385,23 @@ class DeviceSite(resource.Site):
         except coap_error.RenderableError as exc:
             logged.add_response(exc.to_message(), is_last=True)
 
+    def screen_factory(self, request: Message) -> Message | None:
+        """A factory-key session's request the fast path left: None if it asks at a door the
+        factory key opens (aiocoap serves it), else the refusal, decided, audited and logged
+        here like any other, so aiocoap never holds what the factory key sent elsewhere."""
+        started = time.perf_counter()
+        res = self._resources.get(tuple(request.opt.uri_path))
+        policy = getattr(res, "policy", None)
+        if policy is not None and policy.opens_to_factory:
+            return None
+        try:
+            self.state.admit(request, policy)
+            refusal: RequestRefused = Unauthorized("the factory key only opens onboarding")
+        except RequestRefused as exc:
+            refusal = exc
+        log_request(request, self.state.label_for(request), refusal.code, started)
+        return refusal_message(refusal)
+
     # --- the fast path (see coapdev.server.fastpath) ---
 
     def fast_resource(self, path: tuple[str, ...]) -> GuardedResource | None:

@@ -160,6 +160,7 @@ class OwnTransport:
 
             transport = await DtlsServerTransport.create(host, port, mman, lookup, options)
             transport.fast_path = FastPath(site, message_id_source(mman))
+            transport.screen_factory = getattr(site, "screen_factory", None)
             transport.duplicates = BoundedDuplicates(
                 transport.options.max_exchanges_per_session, transport.options.max_exchanges
             )

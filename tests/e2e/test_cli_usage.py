@@ -84,7 +84,7 @@ def device(gateway_factory, tmp_path, config_dir):
 
 
 def last_request(gw) -> dict:
-    seen = json.loads((gw.state_dir / "request.json").read_text())
+    seen = json.loads((gw.data_dir / "request.json").read_text())
     seen["stdin"] = bytes.fromhex(seen["stdin"])
     return seen
 
@@ -139,11 +139,11 @@ def test_payload_from_stdin_and_from_a_file(device, config_dir, tmp_path):
 
 
 def test_an_empty_payload_is_never_sent_silently(device, config_dir):
-    (device.state_dir / "request.json").unlink(missing_ok=True)
+    (device.data_dir / "request.json").unlink(missing_ok=True)
     out = run_cli(config_dir, "put", "/record")
     assert out.returncode == 2
     assert "--empty" in one_line_error(out)
-    assert not (device.state_dir / "request.json").exists()
+    assert not (device.data_dir / "request.json").exists()
     ok(config_dir, "put", "/record", "--empty")
     assert last_request(device)["stdin"] == b""
 

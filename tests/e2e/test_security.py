@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,20 @@ get = {{ run = ["sh", "-c", "echo run >> {counter}; sleep 0.5; echo same"] }}
         assert counter.read_text().count("run") == 1
 
     run(scenario())
+
+
+def test_onboarding_right_after_pair_is_never_refused(gateway, run):
+    """`pair` returns once the window is open on disk; the running gateway must not refuse
+    an onboarding that follows at once because it has not polled the state directory yet."""
+    key = gateway.factory_key()
+    outcomes = []
+    for i in range(4):
+        gateway.local("pair", "--close")
+        time.sleep(0.7)  # the gateway has seen the window closed
+        gateway.local("pair", "--seconds", "60")
+        try:
+            run(onboard(gateway.uri, key, f"right-after-pair-{i}"))
+            outcomes.append("onboarded")
+        except NotAuthorized as exc:
+            outcomes.append(str(exc))
+    assert outcomes == ["onboarded"] * 4, outcomes

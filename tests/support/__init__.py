@@ -94,6 +94,11 @@ class Gateway:
             self.port = free_udp_port(self.host)
 
     @property
+    def data_dir(self) -> Path:
+        """Where the gateway's scripts run and keep their files (``COAPDEV_DATA_DIR``)."""
+        return self.state_dir / "data"
+
+    @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"

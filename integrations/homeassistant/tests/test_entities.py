@@ -44,7 +44,7 @@ def state(hass: HomeAssistant, entity: str) -> str | None:
 
 
 def write_state(gw, name: str, text: str) -> None:
-    path = Path(gw.state_dir) / name
+    path = gw.data_dir / name
     path.with_suffix(".new").write_text(text)
     path.with_suffix(".new").replace(path)
 
@@ -92,10 +92,10 @@ async def test_a_switch_switched_in_home_assistant_reaches_the_script(
     relay = entity_id(hass, "switch", gateway, "/relay")
     await wait_until(lambda: state(hass, relay) == "off", what="the relay's state")
     await hass.services.async_call("switch", "turn_on", {"entity_id": relay}, blocking=True)
-    assert (Path(gateway.state_dir) / "relay").read_text() == "on"
+    assert (gateway.data_dir / "relay").read_text() == "on"
     assert state(hass, relay) == "on"
     await hass.services.async_call("switch", "turn_off", {"entity_id": relay}, blocking=True)
-    assert (Path(gateway.state_dir) / "relay").read_text() == "off"
+    assert (gateway.data_dir / "relay").read_text() == "off"
     assert state(hass, relay) == "off"
 
 
@@ -131,7 +131,7 @@ async def test_the_built_in_light_and_a_button(hass: HomeAssistant, gateway) -> 
     doorbell = entity_id(hass, "button", gateway, "/doorbell")
     await hass.services.async_call("button", "press", {"entity_id": doorbell}, blocking=True)
     await hass.services.async_call("button", "press", {"entity_id": doorbell}, blocking=True)
-    assert (Path(gateway.state_dir) / "presses").read_text() == "pressed\npressed\n"
+    assert (gateway.data_dir / "presses").read_text() == "pressed\npressed\n"
 
 
 async def test_entities_are_unavailable_while_the_device_is_down(
@@ -181,7 +181,7 @@ async def test_a_revoked_home_assistant_is_asked_to_onboard_again(
     assert entry.state is ConfigEntryState.LOADED
     await wait_until(lambda: state(hass, relay) == "off", what="the relay again")
     await hass.services.async_call("switch", "turn_on", {"entity_id": relay}, blocking=True)
-    assert (Path(gateway.state_dir) / "relay").read_text() == "on"
+    assert (gateway.data_dir / "relay").read_text() == "on"
 
 
 async def test_an_entry_whose_identity_is_gone_starts_in_reauth(

@@ -11,5 +11,5 @@ seen = {
     "query": os.environ.get("COAPDEV_QUERY", ""),
     "method": os.environ.get("COAPDEV_METHOD", ""),
 }
-with open(os.path.join(os.environ["COAPDEV_STATE_DIR"], "request.json"), "w") as f:
+with open(os.path.join(os.environ["COAPDEV_DATA_DIR"], "request.json"), "w") as f:
     json.dump(seen, f)

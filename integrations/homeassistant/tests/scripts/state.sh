@@ -1,9 +1,9 @@
 #!/bin/sh
 # state.sh NAME get [DEFAULT] | set | press -- a test resource whose state is a file
-# in the gateway's state directory, so tests can read what a request did and
+# in the gateway's data directory (COAPDEV_DATA_DIR), so tests can read what a request did and
 # change what the device reports.
 set -eu
-file="$COAPDEV_STATE_DIR/$1"
+file="$COAPDEV_DATA_DIR/$1"
 case "$2" in
   get) if [ -f "$file" ]; then cat "$file"; else printf '%s\n' "${3:-}"; fi ;;
   set) head -c 64 > "$file.new" && mv "$file.new" "$file" && cat "$file" ;;
