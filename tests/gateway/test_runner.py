@@ -147,3 +147,42 @@ def test_scripts_run_in_the_given_directory_and_inherit_only_stdio(tmp_path):
     inherited = {fd: target for fd, target in seen["fds"].items() if int(fd) > 2}
     # the only other descriptor is the one listing /proc/self/fd
     assert all(target.startswith("/proc/") for target in inherited.values()), inherited
+
+
+def test_a_descendant_the_first_walk_missed_is_killed_by_the_second(monkeypatch):
+    """A process in the middle of execve shows an empty environment for a moment, so one walk
+    over /proc can miss it (1 in 1 200 detaching scripts under load): a second walk follows."""
+    import subprocess
+
+    from gateway import runner
+
+    tag = "second-sweep-test"
+    child = subprocess.Popen(
+        ["sleep", "1000"],
+        env=runner.tagged_environment(dict(os.environ), tag),
+        start_new_session=True,
+    )
+    real = runner.process_tree
+    walks = []
+
+    def first_walk_misses(*tags):
+        walks.append(tags)
+        return set() if len(walks) == 1 else real(*tags)
+
+    monkeypatch.setattr(runner, "process_tree", first_walk_misses)
+
+    script = subprocess.Popen(["true"], start_new_session=True)
+    script.wait()  # the script has exited; its descendant lives on in a session of its own
+
+    async def scenario() -> None:
+        runner.kill_tree(script.pid, tag)
+        assert child.poll() is None  # the first walk missed it
+        await asyncio.sleep(runner.RESWEEP_S + 0.3)
+
+    try:
+        asyncio.run(scenario())
+        assert child.wait(timeout=2) == -9
+        assert tag in walks[1]  # with any other tag still waiting for its second walk
+    finally:
+        child.kill()
+        child.wait()
