@@ -92,6 +92,7 @@ print("alive", flush=True)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("key_bytes", [33, 64, 200])
 def test_dtlssocket_refuses_a_stored_key_longer_than_its_buffer(key_bytes):
     """The PSK callback checks the length it copies (stock 0.2.3 overran a 16-byte buffer:

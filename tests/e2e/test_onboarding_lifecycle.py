@@ -166,6 +166,7 @@ def test_image_without_a_code_is_a_clear_error(tmp_path, config_dir):
 # --- Tradfri compatibility ----------------------------------------------------------
 
 
+@pytest.mark.interop
 def test_pytradfri_generates_a_psk_and_then_makes_a_request(gateway_factory, run):
     pytradfri = pytest.importorskip("pytradfri")
     from pytradfri.api.aiocoap_api import APIFactory
@@ -337,6 +338,7 @@ def test_button_command_opens_onboarding(gateway_factory, tmp_path, config_dir):
     cli_ok(config_dir, "onboard", gw.uri, "--key", gw.factory_key())
 
 
+@pytest.mark.interop
 @pytest.mark.skipif(shutil.which("coap-client-openssl") is None, reason="needs libcoap3-bin")
 def test_wrong_key_burst_is_throttled_while_others_onboard(gateway_factory, tmp_path, run):
     # 10 failures in a burst, then one more per minute (slow, so the test is not racing it)

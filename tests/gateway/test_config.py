@@ -151,6 +151,7 @@ def test_load_config_missing_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
+@pytest.mark.integration
 def test_check_command_reports_file_and_key(tmp_path):
     bad = tmp_path / "gateway.toml"
     bad.write_text("[[resource]]\npath = '/a'\nget = { run = ['a'], timeout_s = 'soon' }\n")

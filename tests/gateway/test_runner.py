@@ -10,6 +10,8 @@ from support import process_gone, process_group_alive
 
 from gateway.runner import ScriptFailure, run_script
 
+pytestmark = pytest.mark.integration
+
 SCRIPTS = Path(__file__).parent / "scripts"
 
 

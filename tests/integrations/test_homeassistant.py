@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
 REPO = Path(__file__).resolve().parents[2]
 HA_DIR = REPO / "integrations" / "homeassistant"

@@ -16,6 +16,8 @@ from coapdev.server.device import DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
 from coapdev.store import CredentialStore
 
+pytestmark = pytest.mark.integration
+
 sys.path.insert(0, str(REPO / "tools"))
 
 NOW = time.time()
