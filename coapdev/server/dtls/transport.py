@@ -50,10 +50,22 @@ from aiocoap.message import Message
 from aiocoap.numbers.types import ACK
 from DTLSSocket import dtls
 
-from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
-from ..dtls_build import patched_dtls
-from . import budget
-from .budget import Tally
+from ...const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
+from ...dtls_build import patched_dtls
+from ...dtls_numbers import TINYDTLS_EVENT_CONNECTED, AlertDescription, AlertLevel
+from .. import budget
+from ..budget import Tally, host_of
+from .records import (
+    CT_APPLICATION_DATA,
+    has_change_cipher_spec,
+    has_epoch1_handshake,
+    is_client_hello,
+    is_finished_retransmit,
+    plain_fatal_alert,
+    refusal_reason,
+    sent_handshake_signal,
+    starts_renegotiation,
+)
 
 log = logging.getLogger("coapdev.dtls")
 
@@ -61,23 +73,12 @@ log = logging.getLogger("coapdev.dtls")
 #: with it carries, or None for an unknown identity.
 PskLookup = Callable[[bytes], tuple[bytes, Any] | None]
 
-# tinydtls events and alert levels (tinydtls alert.h / dtls.h)
-_LEVEL_EVENT = 0
-_LEVEL_WARNING = 1
-_LEVEL_FATAL = 2
-_EVENT_CONNECTED = 0x01DE
-_ALERT_CLOSE_NOTIFY = 0
-
-# DTLS record layer
-_CT_CHANGE_CIPHER_SPEC = 20
-_CT_ALERT = 21
-_CT_HANDSHAKE = 22
-_CT_APPLICATION_DATA = 23
-_APPLICATION_DATA = bytes([_CT_APPLICATION_DATA])
-_HT_CLIENT_HELLO = 1
-_HT_SERVER_HELLO = 2
-_RECORD_HEADER_LEN = 13
-_ALERT_DECRYPT_ERROR = 51
+_LEVEL_EVENT = int(AlertLevel.EVENT)
+_LEVEL_WARNING = int(AlertLevel.WARNING)
+_LEVEL_FATAL = int(AlertLevel.FATAL)
+_EVENT_CONNECTED = TINYDTLS_EVENT_CONNECTED
+_ALERT_CLOSE_NOTIFY = int(AlertDescription.CLOSE_NOTIFY)
+_CT_APPLICATION_DATA = CT_APPLICATION_DATA
 #: Receive buffer: a DTLS record of tinydtls is at most 1400 bytes.
 _RECEIVE_BYTES = 4096
 #: Datagrams read per wake-up before other work gets a turn.
@@ -345,7 +346,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
             try:
                 self.datagram_received(bytes(view[:size]), addr)
             except Exception:  # one datagram must never stop the server
-                log.exception("handling a datagram from %s failed", _host_of(addr))
+                log.exception("handling a datagram from %s failed", host_of(addr))
 
     def _send_datagram(self, data: bytes, sockaddr: Any) -> None:
         sock = self._sock
@@ -356,7 +357,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         except (BlockingIOError, InterruptedError):
             self.stats["dropped-send-buffer-full"] += 1
         except OSError as exc:
-            log.debug("sending to %s failed: %s", _host_of(sockaddr), exc)
+            log.debug("sending to %s failed: %s", host_of(sockaddr), exc)
 
     async def shutdown(self) -> None:
         """Send close_notify to every peer, then close the socket."""
@@ -427,10 +428,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
         key = (addr[0], addr[1])
         peer = self._peers.get(key)
         if peer is None:
-            if not _is_client_hello(data):
+            if not is_client_hello(data):
                 self.stats["dropped-unknown-peer"] += 1
                 return  # only a handshake may start a session
-            if not self.admit_handshake(_host_of(addr)):
+            if not self.admit_handshake(host_of(addr)):
                 self.stats["dropped-throttled"] += 1
                 return
             session = self._session_for(addr)
@@ -439,11 +440,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
             if (
                 peer.phase == _Phase.CONNECTED
                 and peer.final_flight
-                and _is_finished_retransmit(data)
+                and is_finished_retransmit(data)
             ):
                 self._resend_final_flight(peer)
                 return
-            if peer.phase == _Phase.CONNECTED and _starts_renegotiation(data):
+            if peer.phase == _Phase.CONNECTED and starts_renegotiation(data):
                 # No renegotiation (docs/security.md, handshake policy): tinydtls
                 # would start a new handshake inside this session.
                 self.stats["dropped-renegotiation"] += 1
@@ -460,7 +461,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         try:
             self._ctx.handleMessage(session, data)
         except Exception:
-            log.exception("tinydtls rejected a datagram from %s", _host_of(addr))
+            log.exception("tinydtls rejected a datagram from %s", host_of(addr))
         finally:
             self._current_sockaddr = None
             self._current_peer = None
@@ -478,7 +479,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if peer is None:
             if self._sent_fatal_alert is not None:
                 # tinydtls refused a ClientHello that had passed the cookie exchange.
-                self._handshake_refused(addr, _refusal_reason(data, self._sent_fatal_alert))
+                self._handshake_refused(addr, refusal_reason(data, self._sent_fatal_alert))
             return
         if self._asked_identity is not None:
             identity, claim = self._asked_identity
@@ -487,7 +488,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
             if claim is None and not peer.identity_unknown:
                 peer.identity_unknown = True
                 self.stats["handshake-unknown-identity"] += 1
-                self.handshake_failed(_host_of(addr), "unknown identity")
+                self.handshake_failed(host_of(addr), "unknown identity")
         for level, code in self._events:
             if level == _LEVEL_EVENT and code == _EVENT_CONNECTED:
                 peer.phase = _Phase.CONNECTED
@@ -505,32 +506,32 @@ class DtlsServerTransport(interfaces.MessageInterface):
                     reason = "closed by peer"
                 if peer.phase == _Phase.HANDSHAKE:
                     reason = f"handshake ended by the client: {reason}"
-                    self.handshake_failed(_host_of(addr), reason)
+                    self.handshake_failed(host_of(addr), reason)
                 self._forget_peer(peer, reason)
                 return
         if self._sent_fatal_alert is not None and peer.phase == _Phase.HANDSHAKE:
             # tinydtls ended this handshake with a fatal alert (it may still hold
             # the peer, closing): end it on both sides, reported once.
             unknown_identity = self._asked_identity is not None and not self._asked_identity[1]
-            reason = _refusal_reason(data, self._sent_fatal_alert)
+            reason = refusal_reason(data, self._sent_fatal_alert)
             if not unknown_identity:
                 self._handshake_refused(addr, reason)
             self._close_peer(peer, reason, notify=False)
             return
         if peer.phase == _Phase.HANDSHAKE and not peer.saw_ccs:
-            peer.saw_ccs = _has_change_cipher_spec(data)
+            peer.saw_ccs = has_change_cipher_spec(data)
         if (
             peer.phase == _Phase.HANDSHAKE
             and peer.saw_ccs
             and peer._pending_identity is not None
-            and _has_epoch1_handshake(data)
+            and has_epoch1_handshake(data)
         ):
             # The client's Finished did not verify: its key is wrong (an
             # unknown identity has no key at all, and was counted already).
             if not peer.identity_unknown:
                 self.stats["handshake-wrong-key"] += 1
-                self.handshake_failed(_host_of(addr), "wrong key")
-            self._send_plain_alert(addr, _ALERT_DECRYPT_ERROR)
+                self.handshake_failed(host_of(addr), "wrong key")
+            self._send_plain_alert(addr, AlertDescription.DECRYPT_ERROR)
             self._close_peer(peer, "wrong key", notify=False)
             return
         peer.last_active = now
@@ -639,16 +640,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 if peer is None:
                     return len(data)
                 sockaddr = peer.sockaddr
-            kind = data[0] if data else 0
-            if (  # plaintext (epoch 0) handshake and alert records; never application data
-                (kind == _CT_HANDSHAKE or kind == _CT_ALERT)
-                and len(data) > _RECORD_HEADER_LEN + 1
-                and data[3:5] == b"\x00\x00"
-            ):
-                if kind == _CT_HANDSHAKE and data[_RECORD_HEADER_LEN] == _HT_SERVER_HELLO:
+            if data and data[0] != _CT_APPLICATION_DATA:  # the hot path sends only that
+                server_hello, fatal_alert = sent_handshake_signal(data)
+                if server_hello:
                     self._sent_server_hello = True
-                elif kind == _CT_ALERT and data[_RECORD_HEADER_LEN] == _LEVEL_FATAL:
-                    self._sent_fatal_alert = data[_RECORD_HEADER_LEN + 1]
+                elif fatal_alert is not None:
+                    self._sent_fatal_alert = fatal_alert
             if self._recording_flight is not None:
                 self._recording_flight.append(data)
             self._send_datagram(data, sockaddr)
@@ -685,9 +682,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
 
     def _send_plain_alert(self, sockaddr: Any, description: int) -> None:
         """An unencrypted (epoch 0) fatal alert, for a peer whose key did not verify."""
-        record = bytes([_CT_ALERT, 0xFE, 0xFD, 0, 0]) + (2**40).to_bytes(6, "big")
-        record += (2).to_bytes(2, "big") + bytes([_LEVEL_FATAL, description])
-        self._send_datagram(record, sockaddr)
+        self._send_datagram(plain_fatal_alert(description), sockaddr)
 
     # --- peers -----------------------------------------------------------------------
 
@@ -715,9 +710,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
             oldest = next(iter(self._peers.values()))
             self.stats["evicted-cap"] += 1
             self._close_peer(oldest, "session cap reached", notify=True)
-        host = _host_of(sockaddr)
+        host = host_of(sockaddr)
         if self._sessions_by_host.full(host):
-            oldest = next(p for p in self._peers.values() if _host_of(p.sockaddr) == host)
+            oldest = next(p for p in self._peers.values() if host_of(p.sockaddr) == host)
             self.stats["evicted-host-cap"] += 1
             self._close_peer(oldest, "sessions per host cap reached", notify=True)
         self._sessions_by_host.add(host)
@@ -749,12 +744,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _handshake_refused(self, sockaddr: Any, reason: str) -> None:
         """tinydtls refused a handshake from a real address (past the cookie exchange)."""
         self.stats["handshake-refused"] += 1
-        log.info("refused a handshake from %s: %s", _host_of(sockaddr), reason)
-        self.handshake_failed(_host_of(sockaddr), reason)
+        log.info("refused a handshake from %s: %s", host_of(sockaddr), reason)
+        self.handshake_failed(host_of(sockaddr), reason)
 
     def _handshake_abandoned(self, peer: DtlsPeer, reason: str) -> None:
         """A handshake that will not finish; it counts against its source's allowance."""
-        self.handshake_failed(_host_of(peer.sockaddr), reason)
+        self.handshake_failed(host_of(peer.sockaddr), reason)
         self._close_peer(peer, reason, notify=False)
 
     def _close_peer(self, peer: DtlsPeer, reason: str, *, notify: bool) -> None:
@@ -781,7 +776,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if self._peers.get(peer.key) is peer:
             del self._peers[peer.key]
             self._by_session_key.pop((peer.session.addr, peer.session.port), None)
-            self._sessions_by_host.remove(_host_of(peer.sockaddr))
+            self._sessions_by_host.remove(host_of(peer.sockaddr))
         if peer.counted_identity is not None:
             self._sessions_by_identity.remove(peer.counted_identity)
             peer.counted_identity = None
@@ -867,115 +862,3 @@ def _set_buffers(sock: socket.socket, size: int) -> None:
                 pass
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, getattr(socket, plain), size)
-
-
-def _host_of(sockaddr: Any) -> str:
-    host = sockaddr[0]
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
-
-
-def _is_client_hello(data: bytes) -> bool:
-    return (
-        len(data) > _RECORD_HEADER_LEN
-        and data[0] == _CT_HANDSHAKE
-        and data[3:5] == b"\x00\x00"
-        and data[_RECORD_HEADER_LEN] == _HT_CLIENT_HELLO
-    )
-
-
-def _record_spans(data: bytes):
-    """(start, end) of each record in a datagram, as its header says (end may run past it)."""
-    pos = 0
-    while pos + _RECORD_HEADER_LEN <= len(data):
-        end = pos + _RECORD_HEADER_LEN + int.from_bytes(data[pos + 11 : pos + 13], "big")
-        yield pos, end
-        pos = end
-
-
-def _records(data: bytes):
-    """(content type, epoch) of each record."""
-    for pos, _ in _record_spans(data):
-        yield data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
-
-
-#: Names of the alerts tinydtls sends when it refuses a handshake (RFC 5246, 7.2).
-_ALERT_NAMES = {
-    10: "unexpected_message",
-    20: "bad_record_mac",
-    40: "handshake_failure",
-    47: "illegal_parameter",
-    50: "decode_error",
-    51: "decrypt_error",
-    70: "protocol_version",
-    71: "insufficient_security",
-    80: "internal_error",
-}
-
-
-def _refusal_reason(data: bytes, alert: int) -> str:
-    """Why tinydtls refused: for a ClientHello, which of the required extensions it lacked."""
-    name = _ALERT_NAMES.get(alert, f"alert {alert}")
-    offers = _client_hello_offers(data) if _is_client_hello(data) else None
-    if offers is None:
-        return f"handshake refused ({name})"
-    lacking = [
-        what
-        for what, offered in zip(
-            ("extended_master_secret", "renegotiation_info"), offers, strict=True
-        )
-        if not offered
-    ]
-    if not lacking:
-        return f"ClientHello refused ({name})"
-    return f"ClientHello without {' and '.join(lacking)} refused ({name})"
-
-
-def _client_hello_offers(data: bytes) -> tuple[bool, bool] | None:
-    """Whether a plaintext ClientHello offers extended_master_secret and secure
-    renegotiation (the extension or the SCSV); None if it cannot be parsed."""
-    try:
-        body = data[_RECORD_HEADER_LEN + 12 :]
-        pos = 2 + 32  # client_version, random
-        pos += 1 + body[pos]  # session_id
-        pos += 1 + body[pos]  # cookie
-        suites_len = int.from_bytes(body[pos : pos + 2], "big")
-        suites = body[pos + 2 : pos + 2 + suites_len]
-        scsv = any(suites[i : i + 2] == b"\x00\xff" for i in range(0, len(suites) - 1, 2))
-        pos += 2 + suites_len
-        pos += 1 + body[pos]  # compression methods
-        extensions: set[int] = set()
-        if pos + 2 <= len(body):
-            end = min(len(body), pos + 2 + int.from_bytes(body[pos : pos + 2], "big"))
-            pos += 2
-            while pos + 4 <= end:
-                extensions.add(int.from_bytes(body[pos : pos + 2], "big"))
-                pos += 4 + int.from_bytes(body[pos + 2 : pos + 4], "big")
-        return 0x0017 in extensions, scsv or 0xFF01 in extensions
-    except IndexError:
-        return None
-
-
-def _has_epoch1_handshake(data: bytes) -> bool:
-    """The datagram carries an encrypted handshake record: the client's Finished."""
-    return any(ct == _CT_HANDSHAKE and epoch == 1 for ct, epoch in _records(data))
-
-
-def _starts_renegotiation(data: bytes) -> bool:
-    """An encrypted handshake record on an established session (a ClientHello, since
-    retransmitted Finished messages never get this far)."""
-    one_record = _RECORD_HEADER_LEN + int.from_bytes(data[11:13], "big") >= len(data)
-    if one_record and data[:1] == _APPLICATION_DATA:  # (data[:1]: a datagram may be empty)
-        return False  # the usual case: one application data record
-    return _has_epoch1_handshake(data)
-
-
-def _has_change_cipher_spec(data: bytes) -> bool:
-    return any(ct == _CT_CHANGE_CIPHER_SPEC for ct, _ in _records(data))
-
-
-def _is_finished_retransmit(data: bytes) -> bool:
-    """A client resending its last flight (CCS, or Finished) on an established session."""
-    return any(
-        ct == _CT_CHANGE_CIPHER_SPEC or (ct == _CT_HANDSHAKE and epoch == 1)
-        for ct, epoch in _records(data)
-    )
