@@ -54,7 +54,7 @@ from ...const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
 from ...dtls_build import patched_dtls
 from ...dtls_numbers import TINYDTLS_EVENT_CONNECTED, AlertDescription, AlertLevel
 from .. import budget
-from ..budget import Tally, host_of
+from ..budget import host_of
 from .records import (
     CT_APPLICATION_DATA,
     has_change_cipher_spec,
@@ -66,6 +66,7 @@ from .records import (
     sent_handshake_signal,
     starts_renegotiation,
 )
+from .sessions import CLOSED, CONNECTED, HANDSHAKE, Eviction, SessionTable
 
 log = logging.getLogger("coapdev.dtls")
 
@@ -117,12 +118,6 @@ class DtlsServerOptions:
     require_renegotiation_info: bool = False
 
 
-class _Phase:
-    HANDSHAKE = "handshake"
-    CONNECTED = "connected"
-    CLOSED = "closed"
-
-
 class DtlsPeer(interfaces.EndpointAddress):
     """One DTLS session; also the aiocoap remote of every message on it.
 
@@ -139,7 +134,8 @@ class DtlsPeer(interfaces.EndpointAddress):
         self.sockaddr = sockaddr
         self.key = key
         self.session = transport._session_for(sockaddr)
-        self.phase = _Phase.HANDSHAKE
+        self.session_key = (self.session.addr, self.session.port)
+        self.phase = HANDSHAKE
         self.identity: str | None = None
         self._pending_identity: bytes | None = None
         #: The credential the key looked up for this handshake stands for.
@@ -258,10 +254,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._family = socket.AF_INET6
         self.hostinfo_local = ""
         #: Sessions by (host, port), least recently active first.
-        self._peers: collections.OrderedDict[tuple, DtlsPeer] = collections.OrderedDict()
-        self._by_session_key: dict[tuple[str, int], DtlsPeer] = {}
-        #: Sessions still in their handshake, oldest first (a subset of _peers).
-        self._handshaking: collections.OrderedDict[tuple, DtlsPeer] = collections.OrderedDict()
+        self.sessions = SessionTable(
+            max_sessions=options.max_sessions,
+            max_handshakes=options.max_handshakes,
+            max_sessions_per_host=options.max_sessions_per_host,
+            max_sessions_per_identity=options.max_sessions_per_identity,
+            handshake_timeout_s=options.handshake_timeout_s,
+            idle_timeout_s=options.idle_timeout_s,
+        )
+        self._by_session_key = self.sessions.by_session_key
         self._ctx = patched_dtls().DTLS(
             read=self._on_read,
             write=self._on_write,
@@ -291,8 +292,6 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self.stats = collections.Counter()
         #: aiocoap's duplicate detection, bounded (set by the owner, see aiocoap_compat).
         self.duplicates: Any = None
-        self._sessions_by_host = Tally(options.max_sessions_per_host)
-        self._sessions_by_identity = Tally(options.max_sessions_per_identity)
         self._next_mid = int.from_bytes(os.urandom(2), "big")
         #: Serves simple requests without aiocoap's message layer (set by the owner).
         self.fast_path: Any = None
@@ -365,7 +364,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for peer in list(self._peers.values()):
+        for peer in self.sessions:
             self._close_peer(peer, "server shutting down", notify=True)
         if self._retransmit_handle is not None:
             self._retransmit_handle.cancel()
@@ -394,7 +393,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
 
     @property
     def session_count(self) -> int:
-        return len(self._peers)
+        return len(self.sessions)
 
     def set_handshake_policy(
         self, *, require_extended_master_secret: bool, require_renegotiation_info: bool
@@ -406,12 +405,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._ctx.forceRenegotiationInfo = require_renegotiation_info
 
     def connected_identities(self) -> list[str]:
-        return [p.identity for p in self._peers.values() if p.identity is not None]
+        return [p.identity for p in self.sessions if p.identity is not None]
 
     def close_sessions(self, credentials: Collection[Any]) -> int:
         """Close (close_notify) every session authenticated with one of ``credentials``."""
-        wanted = set(credentials)
-        victims = [p for p in self._peers.values() if p.credential in wanted]
+        victims = self.sessions.with_credential(credentials)
         for peer in victims:
             self._close_peer(peer, "key no longer valid", notify=True)
         return len(victims)
@@ -426,7 +424,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
 
     def _handle_records(self, data: bytes, addr: Any) -> None:
         key = (addr[0], addr[1])
-        peer = self._peers.get(key)
+        peer = self.sessions.get(key)
         if peer is None:
             if not is_client_hello(data):
                 self.stats["dropped-unknown-peer"] += 1
@@ -437,14 +435,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
             session = self._session_for(addr)
         else:
             session = peer.session
-            if (
-                peer.phase == _Phase.CONNECTED
-                and peer.final_flight
-                and is_finished_retransmit(data)
-            ):
+            if peer.phase == CONNECTED and peer.final_flight and is_finished_retransmit(data):
                 self._resend_final_flight(peer)
                 return
-            if peer.phase == _Phase.CONNECTED and starts_renegotiation(data):
+            if peer.phase == CONNECTED and starts_renegotiation(data):
                 # No renegotiation (docs/security.md, handshake policy): tinydtls
                 # would start a new handshake inside this session.
                 self.stats["dropped-renegotiation"] += 1
@@ -456,7 +450,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._plaintexts = []
         self._events = []
         self._asked_identity = None
-        recording = peer is not None and peer.phase == _Phase.HANDSHAKE
+        recording = peer is not None and peer.phase == HANDSHAKE
         self._recording_flight = [] if recording else None
         try:
             self._ctx.handleMessage(session, data)
@@ -491,11 +485,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self.handshake_failed(host_of(addr), "unknown identity")
         for level, code in self._events:
             if level == _LEVEL_EVENT and code == _EVENT_CONNECTED:
-                peer.phase = _Phase.CONNECTED
-                self._handshaking.pop(peer.key, None)
                 peer.identity = (peer._pending_identity or b"").decode("ascii", "replace")
                 peer._claims = () if peer._pending_claim is None else (peer._pending_claim,)
-                self._count_identity(peer)
+                victim = self.sessions.connected(peer, peer.identity or "")
+                if victim is not None:
+                    self._evict(victim)
                 peer.final_flight = flight or []
                 self.stats["handshakes"] += 1
             elif level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _ALERT_CLOSE_NOTIFY):
@@ -504,12 +498,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 reason = f"alert {level}/{code}"
                 if code == _ALERT_CLOSE_NOTIFY:
                     reason = "closed by peer"
-                if peer.phase == _Phase.HANDSHAKE:
+                if peer.phase == HANDSHAKE:
                     reason = f"handshake ended by the client: {reason}"
                     self.handshake_failed(host_of(addr), reason)
                 self._forget_peer(peer, reason)
                 return
-        if self._sent_fatal_alert is not None and peer.phase == _Phase.HANDSHAKE:
+        if self._sent_fatal_alert is not None and peer.phase == HANDSHAKE:
             # tinydtls ended this handshake with a fatal alert (it may still hold
             # the peer, closing): end it on both sides, reported once.
             unknown_identity = self._asked_identity is not None and not self._asked_identity[1]
@@ -518,10 +512,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self._handshake_refused(addr, reason)
             self._close_peer(peer, reason, notify=False)
             return
-        if peer.phase == _Phase.HANDSHAKE and not peer.saw_ccs:
+        if peer.phase == HANDSHAKE and not peer.saw_ccs:
             peer.saw_ccs = has_change_cipher_spec(data)
         if (
-            peer.phase == _Phase.HANDSHAKE
+            peer.phase == HANDSHAKE
             and peer.saw_ccs
             and peer._pending_identity is not None
             and has_epoch1_handshake(data)
@@ -534,8 +528,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self._send_plain_alert(addr, AlertDescription.DECRYPT_ERROR)
             self._close_peer(peer, "wrong key", notify=False)
             return
-        peer.last_active = now
-        self._peers.move_to_end(key)
+        self.sessions.touch(peer, now)
         if self._plaintexts:
             peer.final_flight = []  # the client has our Finished: it sends application data
             self._deliver(peer)
@@ -544,7 +537,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _deliver(self, peer: DtlsPeer) -> None:
         plaintexts, self._plaintexts = self._plaintexts, []
         mman = self._mman
-        if mman is None or peer.phase != _Phase.CONNECTED:
+        if mman is None or peer.phase != CONNECTED:
             return
         fast = self.fast_path
         for plaintext in plaintexts:
@@ -663,7 +656,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
     # --- sending ---------------------------------------------------------------------
 
     def _send_plaintext(self, peer: DtlsPeer, data: bytes) -> None:
-        if peer.phase != _Phase.CONNECTED or self._peers.get(peer.key) is not peer:
+        if peer.phase != CONNECTED or not self.sessions.holds(peer):
             self.stats["dropped-send-closed"] += 1
             return
         self._current_sockaddr = peer.sockaddr
@@ -697,49 +690,21 @@ class DtlsServerTransport(interfaces.MessageInterface):
         return dtls.Session(host, sockaddr[1], 0, scope_id)
 
     def _new_peer(self, sockaddr: Any, key: tuple, now: float) -> DtlsPeer:
-        """Room is made by abandoning handshakes first: a flood of half-open
-        handshakes never pushes out an established session."""
-        while self._handshaking and (
-            len(self._handshaking) >= self.options.max_handshakes
-            or len(self._peers) >= self.options.max_sessions
-        ):
-            oldest = next(iter(self._handshaking.values()))
-            self.stats["evicted-handshake-cap"] += 1
-            self._handshake_abandoned(oldest, "too many handshakes in progress")
-        while len(self._peers) >= self.options.max_sessions:
-            oldest = next(iter(self._peers.values()))
-            self.stats["evicted-cap"] += 1
-            self._close_peer(oldest, "session cap reached", notify=True)
-        host = host_of(sockaddr)
-        if self._sessions_by_host.full(host):
-            oldest = next(p for p in self._peers.values() if host_of(p.sockaddr) == host)
-            self.stats["evicted-host-cap"] += 1
-            self._close_peer(oldest, "sessions per host cap reached", notify=True)
-        self._sessions_by_host.add(host)
+        for eviction in self.sessions.evictions_for_new(host_of(sockaddr)):
+            self._evict(eviction)
         peer = DtlsPeer(self, sockaddr, key, now)
-        self._peers[key] = peer
-        self._handshaking[key] = peer
-        self._by_session_key[(peer.session.addr, peer.session.port)] = peer
+        self.sessions.add(peer)
         return peer
 
-    def _count_identity(self, peer: DtlsPeer) -> None:
-        """A newly connected session counts against its identity's cap; past the cap
-        the identity's least recently active other session is evicted."""
-        identity = peer.identity or ""
-        if self._sessions_by_identity.full(identity):
-            oldest = next(
-                (
-                    p
-                    for p in self._peers.values()
-                    if p.counted_identity == identity and p is not peer
-                ),
-                None,
-            )
-            if oldest is not None:
-                self.stats["evicted-identity-cap"] += 1
-                self._close_peer(oldest, "sessions per identity cap reached", notify=True)
-        self._sessions_by_identity.add(identity)
-        peer.counted_identity = identity
+    def _evict(self, eviction: Eviction) -> None:
+        """Perform the session table's decision: a handshake is abandoned (it counts
+        as a failed one), an established session is closed with close_notify."""
+        peer, cause = eviction
+        self.stats[cause.stat] += 1
+        if cause.is_handshake:
+            self._handshake_abandoned(peer, cause.reason)
+        else:
+            self._close_peer(peer, cause.reason, notify=True)
 
     def _handshake_refused(self, sockaddr: Any, reason: str) -> None:
         """tinydtls refused a handshake from a real address (past the cookie exchange)."""
@@ -754,15 +719,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
 
     def _close_peer(self, peer: DtlsPeer, reason: str, *, notify: bool) -> None:
         """End a session on our side; with ``notify`` the client gets close_notify."""
-        was_connected = peer.phase == _Phase.CONNECTED
-        if self._peers.get(peer.key) is peer:
+        was_connected = peer.phase == CONNECTED
+        if self.sessions.holds(peer):
             self._current_sockaddr = peer.sockaddr
             try:
-                if notify and peer.phase == _Phase.CONNECTED:
+                if notify and peer.phase == CONNECTED:
                     self._ctx.resetPeer(peer.session)  # sends close_notify, frees
                 else:
                     # Without close_notify: tinydtls still frees its state.
-                    peer.phase = _Phase.CLOSED
+                    peer.phase = CLOSED
                     self._ctx.resetPeer(peer.session)
             except Exception:
                 log.exception("resetting the session of %s failed", peer.hostinfo)
@@ -773,20 +738,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _forget_peer(
         self, peer: DtlsPeer, reason: str, *, was_connected: bool | None = None
     ) -> None:
-        if self._peers.get(peer.key) is peer:
-            del self._peers[peer.key]
-            self._by_session_key.pop((peer.session.addr, peer.session.port), None)
-            self._sessions_by_host.remove(host_of(peer.sockaddr))
-        if peer.counted_identity is not None:
-            self._sessions_by_identity.remove(peer.counted_identity)
-            peer.counted_identity = None
+        if was_connected is None:
+            was_connected = peer.phase is CONNECTED
+        self.sessions.remove(peer)
         if self.duplicates is not None:
             self.duplicates.forget(peer)
-        if self._handshaking.get(peer.key) is peer:
-            del self._handshaking[peer.key]
-        if was_connected is None:
-            was_connected = peer.phase == _Phase.CONNECTED
-        peer.phase = _Phase.CLOSED
         log.debug("session %s ended: %s", peer.hostinfo, reason)
         if was_connected and self._mman is not None:
             with contextlib.suppress(Exception):
@@ -816,15 +772,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
         interval = max(0.5, min(options.handshake_timeout_s / 4, 5.0))
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            for peer in list(self._peers.values()):
-                if peer.phase == _Phase.HANDSHAKE:
-                    if now - peer.started > options.handshake_timeout_s:
-                        self.stats["handshake-timeout"] += 1
-                        self._handshake_abandoned(peer, "handshake timed out")
-                elif now - peer.last_active > options.idle_timeout_s:
-                    self.stats["evicted-idle"] += 1
-                    self._close_peer(peer, "idle", notify=True)
+            for eviction in self.sessions.expired(time.monotonic()):
+                if self.sessions.holds(eviction.entry):  # (not closed by an earlier one)
+                    self._evict(eviction)
 
 
 # --- helpers ------------------------------------------------------------------------
