@@ -38,7 +38,6 @@ import contextlib
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -48,42 +47,31 @@ from aiocoap import CON, NON, Code, interfaces
 from aiocoap import error as coap_error
 from aiocoap.message import Message
 from aiocoap.numbers.types import ACK
-from DTLSSocket import dtls
 
-from ...const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
-from ...dtls_build import patched_dtls
 from ...dtls_numbers import TINYDTLS_EVENT_CONNECTED, AlertDescription, AlertLevel
 from .. import budget
 from ..budget import host_of
+from .peer import DtlsPeer
 from .records import (
-    CT_APPLICATION_DATA,
     has_change_cipher_spec,
     has_epoch1_handshake,
     is_client_hello,
     is_finished_retransmit,
     plain_fatal_alert,
     refusal_reason,
-    sent_handshake_signal,
     starts_renegotiation,
 )
 from .sessions import CLOSED, CONNECTED, HANDSHAKE, Eviction, SessionTable
+from .tinydtls import Outcome, PskLookup, TinyDtls, session_for
+from .udp import DatagramSocket
 
 log = logging.getLogger("coapdev.dtls")
-
-#: The key for a PSK identity and the claim (the credential) a session opened
-#: with it carries, or None for an unknown identity.
-PskLookup = Callable[[bytes], tuple[bytes, Any] | None]
 
 _LEVEL_EVENT = int(AlertLevel.EVENT)
 _LEVEL_WARNING = int(AlertLevel.WARNING)
 _LEVEL_FATAL = int(AlertLevel.FATAL)
 _EVENT_CONNECTED = TINYDTLS_EVENT_CONNECTED
 _ALERT_CLOSE_NOTIFY = int(AlertDescription.CLOSE_NOTIFY)
-_CT_APPLICATION_DATA = CT_APPLICATION_DATA
-#: Receive buffer: a DTLS record of tinydtls is at most 1400 bytes.
-_RECEIVE_BYTES = 4096
-#: Datagrams read per wake-up before other work gets a turn.
-_READ_BATCH = 64
 
 
 @dataclass
@@ -118,122 +106,6 @@ class DtlsServerOptions:
     require_renegotiation_info: bool = False
 
 
-class DtlsPeer(interfaces.EndpointAddress):
-    """One DTLS session; also the aiocoap remote of every message on it.
-
-    A new object per handshake, so observations, blockwise transfers and
-    duplicate detection never cross from one session into the next.
-    """
-
-    scheme = "coaps"
-    is_multicast = False
-    is_multicast_locally = False
-
-    def __init__(self, transport: DtlsServerTransport, sockaddr: Any, key: tuple, now: float):
-        self._transport = transport
-        self.sockaddr = sockaddr
-        self.key = key
-        self.session = transport._session_for(sockaddr)
-        self.session_key = (self.session.addr, self.session.port)
-        self.phase = HANDSHAKE
-        self.identity: str | None = None
-        self._pending_identity: bytes | None = None
-        #: The credential the key looked up for this handshake stands for.
-        self._pending_claim: Any = None
-        self.started = now
-        self.last_active = now
-        #: The datagrams of the server's final flight, resent if it was lost.
-        self.final_flight: list[bytes] = []
-        #: Observations this session holds (see ObservableGuardedResource).
-        self.observations = 0
-        #: Recent exchanges for duplicate detection on the fast path.
-        self.recent_exchanges: Any = None
-        #: The client's ChangeCipherSpec was seen (so its Finished is decryptable).
-        self.saw_ccs = False
-        #: The identity this session counts against (once connected).
-        self.counted_identity: str | None = None
-        #: Its identity is unknown: that failure is counted once, not again as a wrong key.
-        self.identity_unknown = False
-        self._claims: tuple[Any, ...] = ()
-
-    # --- EndpointAddress ---
-
-    @property
-    def hostinfo(self) -> str:
-        host, port = self.sockaddr[0], self.sockaddr[1]
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    @property
-    def hostinfo_local(self) -> str:
-        return self._transport.hostinfo_local
-
-    @property
-    def uri_base(self) -> str:
-        return "coaps://" + self.hostinfo
-
-    @property
-    def uri_base_local(self) -> str:
-        return "coaps://" + self.hostinfo_local
-
-    @property
-    def authenticated_claims(self) -> tuple[Any, ...]:
-        """The credential this session was authenticated with (a one-element tuple)."""
-        return self._claims
-
-    @property
-    def credential(self) -> Any:
-        return self._claims[0] if self._claims else None
-
-    @property
-    def blockwise_key(self) -> tuple:
-        return (self.key, self.identity, id(self))
-
-    def __repr__(self) -> str:
-        return f"<DtlsPeer {self.hostinfo} {self.phase} {self.identity!r}>"
-
-    def send(self, data: bytes) -> None:
-        self._transport._send_plaintext(self, data)
-
-
-class _PskStore:
-    """The dict-like object DTLSSocket asks for keys; remembers which identity was asked."""
-
-    def __init__(self, transport: DtlsServerTransport) -> None:
-        self._transport = transport
-
-    def keys(self) -> _PskStore:
-        return self
-
-    def __contains__(self, identity: object) -> bool:
-        return self._key(identity) is not None
-
-    def __getitem__(self, identity: bytes) -> bytes:
-        key = self._key(identity)
-        if key is None:  # DTLSSocket only asks after __contains__ said yes
-            raise KeyError(identity)
-        return key
-
-    def _key(self, identity: object) -> bytes | None:
-        transport = self._transport
-        key: bytes | None = None
-        claim: Any = None
-        try:
-            if isinstance(identity, bytes) and len(identity) <= MAX_IDENTITY_BYTES:
-                found = transport._lookup(identity)
-                if found is not None:
-                    key, claim = found
-            if key is not None and not 0 < len(key) <= MAX_PSK_BYTES:
-                log.error("refusing a stored key of %d bytes (at most %d)", len(key), MAX_PSK_BYTES)
-                key = claim = None
-        except Exception:
-            log.exception("key lookup failed")
-            key = claim = None
-        transport._note_identity(identity if isinstance(identity, bytes) else b"", claim)
-        return key
-
-
 class DtlsServerTransport(interfaces.MessageInterface):
     """aiocoap MessageInterface serving coaps:// on one UDP socket."""
 
@@ -243,16 +115,14 @@ class DtlsServerTransport(interfaces.MessageInterface):
         lookup: PskLookup,
         options: DtlsServerOptions,
         loop: asyncio.AbstractEventLoop,
+        udp: DatagramSocket,
     ) -> None:
         self._mman: interfaces.MessageManager | None = mman
-        self._lookup = lookup
         self.options = options
         self._loop = loop
-        self._sock: socket.socket | None = None
-        self._buffer = bytearray(_RECEIVE_BYTES)
-        self._view = memoryview(self._buffer)
-        self._family = socket.AF_INET6
-        self.hostinfo_local = ""
+        self._udp: DatagramSocket | None = udp
+        self.port = udp.port
+        self.hostinfo_local = udp.hostinfo_local
         #: Sessions by (host, port), least recently active first.
         self.sessions = SessionTable(
             max_sessions=options.max_sessions,
@@ -263,26 +133,13 @@ class DtlsServerTransport(interfaces.MessageInterface):
             idle_timeout_s=options.idle_timeout_s,
         )
         self._by_session_key = self.sessions.by_session_key
-        self._ctx = patched_dtls().DTLS(
-            read=self._on_read,
-            write=self._on_write,
-            event=self._on_event,
-            pskId=b"coapdev",
-            pskStore=_PskStore(self),
-            forceExtendedMasterSecret=options.require_extended_master_secret,
-            forceRenegotiationInfo=options.require_renegotiation_info,
+        self._tls = TinyDtls(
+            lookup,
+            udp.send,
+            self.sessions.by_session_key,
+            require_extended_master_secret=options.require_extended_master_secret,
+            require_renegotiation_info=options.require_renegotiation_info,
         )
-        # Per-datagram scratch state, filled by the callbacks.
-        self._current_sockaddr: Any = None
-        self._current_peer: DtlsPeer | None = None
-        self._sent_server_hello = False
-        #: Description of a fatal alert tinydtls sent in the clear (it refused the handshake).
-        self._sent_fatal_alert: int | None = None
-        self._recording_flight: list[bytes] | None = None
-        self._plaintexts: list[bytes] = []
-        self._events: list[tuple[int, int]] = []
-        #: The identity tinydtls last asked a key for, and its claim (None: unknown).
-        self._asked_identity: tuple[bytes, Any] | None = None
         self._retransmit_handle: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.Task[None] | None = None
         #: Hooks for rate limiting (see coapdev.ratelimit): admit a new
@@ -311,52 +168,20 @@ class DtlsServerTransport(interfaces.MessageInterface):
         options: DtlsServerOptions | None = None,
     ) -> DtlsServerTransport:
         loop = asyncio.get_running_loop()
-        self = cls(mman, lookup, options or DtlsServerOptions(), loop)
-        sock = _bind(host, port)
-        self._family = sock.family
-        _set_buffers(sock, self.options.receive_buffer_bytes)
-        self._sock = sock
-        loop.add_reader(sock.fileno(), self._on_readable)
-        bound = sock.getsockname()
-        self.port = bound[1]
-        shown = bound[0] if ":" not in bound[0] else f"[{bound[0]}]"
-        self.hostinfo_local = f"{shown}:{self.port}"
+        options = options or DtlsServerOptions()
+        udp = DatagramSocket.open(host, port, options.receive_buffer_bytes, loop)
+        try:
+            self = cls(mman, lookup, options, loop, udp)
+        except BaseException:
+            udp.close()
+            raise
+        udp.start(self.datagram_received, self.stats)
         self._sweeper = loop.create_task(self._sweep(), name="coapdev DTLS session sweeper")
         return self
 
-    def _on_readable(self) -> None:
-        """Read what is waiting, up to a batch, straight into one reused buffer.
-
-        (asyncio's datagram transport allocates a 256 KiB buffer per datagram
-        and wakes the loop once per datagram.)
-        """
-        sock = self._sock
-        if sock is None:
-            return
-        view = self._view
-        for _ in range(_READ_BATCH):
-            try:
-                size, addr = sock.recvfrom_into(self._buffer)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP errors reported on the socket
-                log.debug("socket error: %s", exc)
-                continue
-            try:
-                self.datagram_received(bytes(view[:size]), addr)
-            except Exception:  # one datagram must never stop the server
-                log.exception("handling a datagram from %s failed", host_of(addr))
-
     def _send_datagram(self, data: bytes, sockaddr: Any) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            sock.sendto(data, sockaddr)
-        except (BlockingIOError, InterruptedError):
-            self.stats["dropped-send-buffer-full"] += 1
-        except OSError as exc:
-            log.debug("sending to %s failed: %s", host_of(sockaddr), exc)
+        if self._udp is not None:
+            self._udp.send(data, sockaddr)
 
     async def shutdown(self) -> None:
         """Send close_notify to every peer, then close the socket."""
@@ -369,16 +194,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if self._retransmit_handle is not None:
             self._retransmit_handle.cancel()
         self._mman = None
-        if self._sock is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
 
     # --- aiocoap MessageInterface ----------------------------------------------------
 
     def send(self, message: Message) -> None:
         remote = message.remote
-        if not isinstance(remote, DtlsPeer) or remote._transport is not self:
+        if not isinstance(remote, DtlsPeer) or not remote.owned_by(self):
             log.warning("not sending %r: not a remote of this transport", message)
             return
         remote.send(message.encode())
@@ -387,7 +211,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         return None  # a server does not initiate sessions
 
     async def recognize_remote(self, remote: Any) -> bool:
-        return isinstance(remote, DtlsPeer) and remote._transport is self
+        return isinstance(remote, DtlsPeer) and remote.owned_by(self)
 
     # --- management ------------------------------------------------------------------
 
@@ -401,8 +225,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
         """Change which extensions the next ClientHello must offer (open sessions stay)."""
         self.options.require_extended_master_secret = require_extended_master_secret
         self.options.require_renegotiation_info = require_renegotiation_info
-        self._ctx.forceExtendedMasterSecret = require_extended_master_secret
-        self._ctx.forceRenegotiationInfo = require_renegotiation_info
+        self._tls.set_policy(
+            require_extended_master_secret=require_extended_master_secret,
+            require_renegotiation_info=require_renegotiation_info,
+        )
 
     def connected_identities(self) -> list[str]:
         return [p.identity for p in self.sessions if p.identity is not None]
@@ -420,9 +246,6 @@ class DtlsServerTransport(interfaces.MessageInterface):
         """Every record goes to tinydtls, alerts too: it ends a session only for an
         alert that decrypted and verified under the session's keys, and drops a
         plaintext alert for an established session (anyone can forge one)."""
-        self._handle_records(data, addr)
-
-    def _handle_records(self, data: bytes, addr: Any) -> None:
         key = (addr[0], addr[1])
         peer = self.sessions.get(key)
         if peer is None:
@@ -432,7 +255,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
             if not self.admit_handshake(host_of(addr)):
                 self.stats["dropped-throttled"] += 1
                 return
-            session = self._session_for(addr)
+            session = session_for(addr)
         else:
             session = peer.session
             if peer.phase == CONNECTED and peer.final_flight and is_finished_retransmit(data):
@@ -443,51 +266,32 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 # would start a new handshake inside this session.
                 self.stats["dropped-renegotiation"] += 1
                 return
-        self._current_sockaddr = addr
-        self._current_peer = peer
-        self._sent_server_hello = False
-        self._sent_fatal_alert = None
-        self._plaintexts = []
-        self._events = []
-        self._asked_identity = None
-        recording = peer is not None and peer.phase == HANDSHAKE
-        self._recording_flight = [] if recording else None
-        try:
-            self._ctx.handleMessage(session, data)
-        except Exception:
-            log.exception("tinydtls rejected a datagram from %s", host_of(addr))
-        finally:
-            self._current_sockaddr = None
-            self._current_peer = None
-        self._after_datagram(addr, key, peer, data)
+        recording = peer is not None and peer.phase is HANDSHAKE
+        out = self._tls.handle(session, data, addr, record_flight=recording)
+        self._after_datagram(addr, key, peer, data, out)
 
-    def _after_datagram(self, addr: Any, key: tuple, peer: DtlsPeer | None, data: bytes) -> None:
+    def _after_datagram(
+        self, addr: Any, key: tuple, peer: DtlsPeer | None, data: bytes, out: Outcome
+    ) -> None:
         now = time.monotonic()
-        flight = self._recording_flight
-        self._recording_flight = None
-        if self._sent_server_hello:
+        flight = out.flight
+        if out.sent_server_hello:
             # tinydtls accepted the cookie and created (or restarted) a session.
             if peer is not None:
                 self._forget_peer(peer, "new handshake from the same address")
             peer = self._new_peer(addr, key, now)
         if peer is None:
-            if self._sent_fatal_alert is not None:
+            if out.sent_fatal_alert is not None:
                 # tinydtls refused a ClientHello that had passed the cookie exchange.
-                self._handshake_refused(addr, refusal_reason(data, self._sent_fatal_alert))
+                self._handshake_refused(addr, refusal_reason(data, out.sent_fatal_alert))
             return
-        if self._asked_identity is not None:
-            identity, claim = self._asked_identity
-            peer._pending_identity = identity
-            peer._pending_claim = claim
-            if claim is None and not peer.identity_unknown:
-                peer.identity_unknown = True
+        if out.asked is not None:
+            if peer.key_asked(*out.asked):
                 self.stats["handshake-unknown-identity"] += 1
                 self.handshake_failed(host_of(addr), "unknown identity")
-        for level, code in self._events:
+        for level, code in out.events:
             if level == _LEVEL_EVENT and code == _EVENT_CONNECTED:
-                peer.identity = (peer._pending_identity or b"").decode("ascii", "replace")
-                peer._claims = () if peer._pending_claim is None else (peer._pending_claim,)
-                victim = self.sessions.connected(peer, peer.identity or "")
+                victim = self.sessions.connected(peer, peer.authenticated())
                 if victim is not None:
                     self._evict(victim)
                 peer.final_flight = flight or []
@@ -503,11 +307,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
                     self.handshake_failed(host_of(addr), reason)
                 self._forget_peer(peer, reason)
                 return
-        if self._sent_fatal_alert is not None and peer.phase == HANDSHAKE:
+        if out.sent_fatal_alert is not None and peer.phase is HANDSHAKE:
             # tinydtls ended this handshake with a fatal alert (it may still hold
             # the peer, closing): end it on both sides, reported once.
-            unknown_identity = self._asked_identity is not None and not self._asked_identity[1]
-            reason = refusal_reason(data, self._sent_fatal_alert)
+            unknown_identity = out.asked is not None and not out.asked[1]
+            reason = refusal_reason(data, out.sent_fatal_alert)
             if not unknown_identity:
                 self._handshake_refused(addr, reason)
             self._close_peer(peer, reason, notify=False)
@@ -517,7 +321,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if (
             peer.phase == HANDSHAKE
             and peer.saw_ccs
-            and peer._pending_identity is not None
+            and peer.presented_identity
             and has_epoch1_handshake(data)
         ):
             # The client's Finished did not verify: its key is wrong (an
@@ -529,13 +333,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self._close_peer(peer, "wrong key", notify=False)
             return
         self.sessions.touch(peer, now)
-        if self._plaintexts:
+        if out.plaintexts:
             peer.final_flight = []  # the client has our Finished: it sends application data
-            self._deliver(peer)
+            self._deliver(peer, out.plaintexts)
         self._schedule_retransmit()
 
-    def _deliver(self, peer: DtlsPeer) -> None:
-        plaintexts, self._plaintexts = self._plaintexts, []
+    def _deliver(self, peer: DtlsPeer, plaintexts: list[bytes]) -> None:
         mman = self._mman
         if mman is None or peer.phase != CONNECTED:
             return
@@ -617,55 +420,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self._next_mid = (self._next_mid + 1) & 0xFFFF
             response.mtype, response.mid = NON, self._next_mid
         response.token = request.token
-        self._send_plaintext(peer, response.encode())
-
-    # --- tinydtls callbacks: never raise, only record --------------------------------
-
-    def _on_read(self, _addr6: tuple, data: bytes) -> int:
-        self._plaintexts.append(data)
-        return len(data)
-
-    def _on_write(self, addr6: tuple, data: bytes) -> int:
-        try:
-            sockaddr = self._current_sockaddr
-            if sockaddr is None:
-                peer = self._by_session_key.get((addr6[0], addr6[1]))
-                if peer is None:
-                    return len(data)
-                sockaddr = peer.sockaddr
-            if data and data[0] != _CT_APPLICATION_DATA:  # the hot path sends only that
-                server_hello, fatal_alert = sent_handshake_signal(data)
-                if server_hello:
-                    self._sent_server_hello = True
-                elif fatal_alert is not None:
-                    self._sent_fatal_alert = fatal_alert
-            if self._recording_flight is not None:
-                self._recording_flight.append(data)
-            self._send_datagram(data, sockaddr)
-        except Exception:
-            log.exception("sending a DTLS record failed")
-        return len(data)
-
-    def _on_event(self, level: int, code: int) -> int:
-        self._events.append((level, code))
-        return 0
-
-    def _note_identity(self, identity: bytes, claim: Any) -> None:
-        self._asked_identity = (identity, claim)
+        self.send_plaintext(peer, response.encode())
 
     # --- sending ---------------------------------------------------------------------
 
-    def _send_plaintext(self, peer: DtlsPeer, data: bytes) -> None:
+    def send_plaintext(self, peer: DtlsPeer, data: bytes) -> None:
         if peer.phase != CONNECTED or not self.sessions.holds(peer):
             self.stats["dropped-send-closed"] += 1
             return
-        self._current_sockaddr = peer.sockaddr
-        try:
-            self._ctx.write(peer.session, data)
-        except Exception:
-            log.exception("encrypting for %s failed", peer.hostinfo)
-        finally:
-            self._current_sockaddr = None
+        self._tls.write(peer.session, data, peer.sockaddr)
         peer.last_active = time.monotonic()
 
     def _resend_final_flight(self, peer: DtlsPeer) -> None:
@@ -678,16 +441,6 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._send_datagram(plain_fatal_alert(description), sockaddr)
 
     # --- peers -----------------------------------------------------------------------
-
-    def _session_for(self, sockaddr: Any) -> dtls.Session:
-        host = sockaddr[0]
-        scope_id = 0
-        if "%" in host:
-            host = host.split("%", 1)[0]
-            scope_id = sockaddr[3] if len(sockaddr) > 3 else 0
-        if ":" not in host:
-            host = "::ffff:" + host
-        return dtls.Session(host, sockaddr[1], 0, scope_id)
 
     def _new_peer(self, sockaddr: Any, key: tuple, now: float) -> DtlsPeer:
         for eviction in self.sessions.evictions_for_new(host_of(sockaddr)):
@@ -721,18 +474,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
         """End a session on our side; with ``notify`` the client gets close_notify."""
         was_connected = peer.phase == CONNECTED
         if self.sessions.holds(peer):
-            self._current_sockaddr = peer.sockaddr
-            try:
-                if notify and peer.phase == CONNECTED:
-                    self._ctx.resetPeer(peer.session)  # sends close_notify, frees
-                else:
-                    # Without close_notify: tinydtls still frees its state.
-                    peer.phase = CLOSED
-                    self._ctx.resetPeer(peer.session)
-            except Exception:
-                log.exception("resetting the session of %s failed", peer.hostinfo)
-            finally:
-                self._current_sockaddr = None
+            if not (notify and was_connected):
+                peer.phase = CLOSED  # without close_notify: tinydtls still frees its state
+            self._tls.reset(peer.session, peer.sockaddr)  # connected: sends close_notify
         self._forget_peer(peer, reason, was_connected=was_connected)
 
     def _forget_peer(
@@ -754,11 +498,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         """Tick tinydtls's retransmission queue while it holds anything."""
         if self._retransmit_handle is not None:
             return
-        try:
-            pending = self._ctx.checkRetransmit()
-        except Exception:
-            log.exception("checking retransmissions failed")
-            return
+        pending = self._tls.check_retransmit()
         if pending:
             self._retransmit_handle = self._loop.call_later(0.2, self._retransmit_tick)
 
@@ -775,40 +515,3 @@ class DtlsServerTransport(interfaces.MessageInterface):
             for eviction in self.sessions.expired(time.monotonic()):
                 if self.sessions.holds(eviction.entry):  # (not closed by an earlier one)
                     self._evict(eviction)
-
-
-# --- helpers ------------------------------------------------------------------------
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    if host in ("", "::", "*"):
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        address: tuple = ("::", port)
-    else:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        sock.setblocking(False)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _set_buffers(sock: socket.socket, size: int) -> None:
-    """Large socket buffers; as root past the system maximum (the ...FORCE options)."""
-    for plain, forced in (("SO_RCVBUF", "SO_RCVBUFFORCE"), ("SO_SNDBUF", "SO_SNDBUFFORCE")):
-        force = getattr(socket, forced, None)
-        if force is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, size)
-                continue
-            except OSError:
-                pass
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, plain), size)
