@@ -36,21 +36,18 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
-import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from aiocoap import CON, NON, Code, interfaces
-from aiocoap import error as coap_error
-from aiocoap.message import Message
-from aiocoap.numbers.types import ACK
+from aiocoap import interfaces
 
 from ...dtls_numbers import TINYDTLS_EVENT_CONNECTED, AlertDescription, AlertLevel
 from .. import budget
-from ..budget import host_of
+from ..budget import BoundedDuplicates, host_of
+from ..transport import TransportHooks
+from .adapter import AiocoapAdapter
 from .peer import DtlsPeer
 from .records import (
     has_change_cipher_spec,
@@ -106,8 +103,16 @@ class DtlsServerOptions:
     require_renegotiation_info: bool = False
 
 
-class DtlsServerTransport(interfaces.MessageInterface):
-    """aiocoap MessageInterface serving coaps:// on one UDP socket."""
+class PlaintextConsumer(Protocol):
+    """The transport's one upward edge: decrypted application data of an
+    established session.  True: taken (answered, or dropped on purpose)."""
+
+    def on_plaintext(self, peer: DtlsPeer, data: bytes) -> bool: ...
+
+
+class DtlsServerTransport:
+    """coaps:// on one UDP socket: sessions, tinydtls, timers; aiocoap above it
+    through :attr:`aiocoap` (an :class:`AiocoapAdapter`), the fast path first."""
 
     def __init__(
         self,
@@ -116,8 +121,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
         options: DtlsServerOptions,
         loop: asyncio.AbstractEventLoop,
         udp: DatagramSocket,
+        *,
+        hooks: TransportHooks,
+        fast_path: PlaintextConsumer | None,
     ) -> None:
-        self._mman: interfaces.MessageManager | None = mman
         self.options = options
         self._loop = loop
         self._udp: DatagramSocket | None = udp
@@ -144,17 +151,25 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._sweeper: asyncio.Task[None] | None = None
         #: Hooks for rate limiting (see coapdev.ratelimit): admit a new
         #: handshake from a host, and learn of a failed one.
-        self.admit_handshake: Callable[[str], bool] = lambda host: True
-        self.handshake_failed: Callable[[str, str], None] = lambda host, reason: None
+        self.admit_handshake: Callable[[str], bool] = hooks.admit_handshake or _admit_all
+        self.handshake_failed: Callable[[str, str], None] = hooks.handshake_failed or _ignore
         self.stats = collections.Counter()
-        #: aiocoap's duplicate detection, bounded (set by the owner, see aiocoap_compat).
-        self.duplicates: Any = None
-        self._next_mid = int.from_bytes(os.urandom(2), "big")
-        #: Serves simple requests without aiocoap's message layer (set by the owner).
-        self.fast_path: Any = None
-        #: Decides on a factory-key session's request aiocoap would take: None lets it
-        #: through, else the refusal to send (see _admit_to_aiocoap).
-        self.screen_factory: Callable[[Message], Message | None] | None = None
+        #: Serves simple requests without aiocoap's message layer, before aiocoap.
+        self.fast_path = fast_path
+        #: aiocoap above this transport: what the fast path leaves over.
+        self.aiocoap = AiocoapAdapter(
+            self,
+            mman,
+            max_exchanges_per_session=options.max_exchanges_per_session,
+            max_exchanges=options.max_exchanges,
+            screen_factory=hooks.screen_factory,
+            stats=self.stats,
+        )
+
+    @property
+    def duplicates(self) -> BoundedDuplicates:
+        """aiocoap's duplicate detection, bounded (see aiocoap_compat)."""
+        return self.aiocoap.duplicates
 
     # --- set-up and tear-down ---------------------------------------------------
 
@@ -166,12 +181,23 @@ class DtlsServerTransport(interfaces.MessageInterface):
         mman: interfaces.MessageManager,
         lookup: PskLookup,
         options: DtlsServerOptions | None = None,
+        *,
+        hooks: TransportHooks | None = None,
+        fast_path: PlaintextConsumer | None = None,
     ) -> DtlsServerTransport:
         loop = asyncio.get_running_loop()
         options = options or DtlsServerOptions()
         udp = DatagramSocket.open(host, port, options.receive_buffer_bytes, loop)
         try:
-            self = cls(mman, lookup, options, loop, udp)
+            self = cls(
+                mman,
+                lookup,
+                options,
+                loop,
+                udp,
+                hooks=hooks or TransportHooks(),
+                fast_path=fast_path,
+            )
         except BaseException:
             udp.close()
             raise
@@ -193,25 +219,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self._close_peer(peer, "server shutting down", notify=True)
         if self._retransmit_handle is not None:
             self._retransmit_handle.cancel()
-        self._mman = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-
-    # --- aiocoap MessageInterface ----------------------------------------------------
-
-    def send(self, message: Message) -> None:
-        remote = message.remote
-        if not isinstance(remote, DtlsPeer) or not remote.owned_by(self):
-            log.warning("not sending %r: not a remote of this transport", message)
-            return
-        remote.send(message.encode())
-
-    async def determine_remote(self, message: Message) -> None:
-        return None  # a server does not initiate sessions
-
-    async def recognize_remote(self, remote: Any) -> bool:
-        return isinstance(remote, DtlsPeer) and remote.owned_by(self)
 
     # --- management ------------------------------------------------------------------
 
@@ -339,88 +349,21 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._schedule_retransmit()
 
     def _deliver(self, peer: DtlsPeer, plaintexts: list[bytes]) -> None:
-        mman = self._mman
-        if mman is None or peer.phase != CONNECTED:
+        if peer.phase is not CONNECTED:
             return
         fast = self.fast_path
+        upper = self.aiocoap
         for plaintext in plaintexts:
             if fast is not None:
                 try:
-                    taken = fast.handle(peer, plaintext)
+                    taken = fast.on_plaintext(peer, plaintext)
                 except Exception:  # never handed on: aiocoap would run it a second time
                     log.exception("fast path failed on a request from %s", peer.hostinfo)
                     continue
                 if taken:
                     self.stats["requests-fast"] += 1
                     continue
-            try:
-                message = Message.decode(plaintext, remote=peer)
-            except (coap_error.UnparsableMessage, ValueError, IndexError):
-                # Malformed (e.g. an option that is not UTF-8): dropped, counted,
-                # never a logged traceback a client could flood the log with.
-                self.stats["unparsable"] += 1
-                log.debug("dropping an unparsable message from %s", peer.hostinfo)
-                continue
-            except Exception:  # a decoder bug must not take the server down
-                self.stats["unparsable"] += 1
-                log.debug("decoding a CoAP message from %s failed", peer.hostinfo, exc_info=True)
-                continue
-            if message.mtype in (CON, NON) and not self._admit_to_aiocoap(peer, message):
-                continue
-            self.stats["requests"] += 1
-            mman.dispatch_message(message)
-
-    def _admit_to_aiocoap(self, peer: DtlsPeer, message: Message) -> bool:
-        """Whether aiocoap may take this message; else it is answered here.
-
-        A factory-key session may reach aiocoap only at the doors the factory
-        key opens (onboarding, for what the fast path leaves over, such as a
-        Block1 upload); anything else it sends is refused here, decided and
-        audited by the site like every other request, and aiocoap, which
-        would remember it, never sees it.
-        """
-        credential = peer.credential
-        if credential is not None and not getattr(credential, "is_factory", False):
-            return True
-        screen = self.screen_factory
-        refusal = None if screen is None else screen(message)
-        if screen is not None and refusal is None:
-            return True
-        self.stats["refused-factory-slow-path"] += 1
-        if refusal is None:
-            refusal = Message(
-                code=Code.UNAUTHORIZED,
-                payload=b"the factory key only opens onboarding",
-                content_format=0,
-            )
-        self._answer_with(peer, message, refusal)
-        return False
-
-    def _answer_directly(
-        self,
-        peer: DtlsPeer,
-        request: Message,
-        code: Code,
-        diagnostic: str,
-        max_age_s: float | None = None,
-    ) -> None:
-        """An error answer built and sent here, so aiocoap keeps nothing of the request."""
-        response = Message(code=code, payload=diagnostic.encode(), content_format=0)
-        if max_age_s is not None:
-            response.opt.max_age = max(1, math.ceil(max_age_s))
-        self._answer_with(peer, request, response)
-
-    def _answer_with(self, peer: DtlsPeer, request: Message, response: Message) -> None:
-        """Send ``response`` to ``request`` from here (piggybacked on the ACK of a CON)."""
-        if not request.code.is_request():
-            return  # an empty message (ping) or a stray response: nothing to answer
-        if request.mtype == CON:
-            response.mtype, response.mid = ACK, request.mid
-        else:
-            self._next_mid = (self._next_mid + 1) & 0xFFFF
-            response.mtype, response.mid = NON, self._next_mid
-        response.token = request.token
-        self.send_plaintext(peer, response.encode())
+            upper.on_plaintext(peer, plaintext)
 
     # --- sending ---------------------------------------------------------------------
 
@@ -485,12 +428,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if was_connected is None:
             was_connected = peer.phase is CONNECTED
         self.sessions.remove(peer)
-        if self.duplicates is not None:
-            self.duplicates.forget(peer)
         log.debug("session %s ended: %s", peer.hostinfo, reason)
-        if was_connected and self._mman is not None:
-            with contextlib.suppress(Exception):
-                self._mman.dispatch_error(coap_error.LibraryShutdown(reason), peer)
+        self.aiocoap.session_ended(peer, reason, was_connected=was_connected)
 
     # --- timers ----------------------------------------------------------------------
 
@@ -515,3 +454,11 @@ class DtlsServerTransport(interfaces.MessageInterface):
             for eviction in self.sessions.expired(time.monotonic()):
                 if self.sessions.holds(eviction.entry):  # (not closed by an earlier one)
                     self._evict(eviction)
+
+
+def _admit_all(host: str) -> bool:
+    return True
+
+
+def _ignore(host: str, reason: str) -> None:
+    return None
