@@ -284,7 +284,6 @@ class DtlsServerTransport:
         self, addr: Any, key: tuple, peer: DtlsPeer | None, data: bytes, out: Outcome
     ) -> None:
         now = time.monotonic()
-        flight = out.flight
         if out.sent_server_hello:
             # tinydtls accepted the cookie and created (or restarted) a session.
             if peer is not None:
@@ -299,12 +298,25 @@ class DtlsServerTransport:
             if peer.key_asked(*out.asked):
                 self.stats["handshake-unknown-identity"] += 1
                 self.handshake_failed(host_of(addr), "unknown identity")
+        if out.events and self._on_events(peer, out, addr):
+            return  # an authenticated alert ended the session
+        if peer.phase is HANDSHAKE and self._handshake_ended_here(peer, out, data, addr):
+            return
+        self.sessions.touch(peer, now)
+        if out.plaintexts:
+            peer.final_flight = []  # the client has our Finished: it sends application data
+            self._deliver(peer, out.plaintexts)
+        self._schedule_retransmit()
+
+    def _on_events(self, peer: DtlsPeer, out: Outcome, addr: Any) -> bool:
+        """tinydtls's events: the handshake finished, or an alert it authenticated
+        ended the session (True)."""
         for level, code in out.events:
             if level == _LEVEL_EVENT and code == _EVENT_CONNECTED:
                 victim = self.sessions.connected(peer, peer.authenticated())
                 if victim is not None:
                     self._evict(victim)
-                peer.final_flight = flight or []
+                peer.final_flight = out.flight or []
                 self.stats["handshakes"] += 1
             elif level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _ALERT_CLOSE_NOTIFY):
                 # tinydtls authenticated the alert and has freed its side of the session.
@@ -316,8 +328,13 @@ class DtlsServerTransport:
                     reason = f"handshake ended by the client: {reason}"
                     self.handshake_failed(host_of(addr), reason)
                 self._forget_peer(peer, reason)
-                return
-        if out.sent_fatal_alert is not None and peer.phase is HANDSHAKE:
+                return True
+        return False
+
+    def _handshake_ended_here(self, peer: DtlsPeer, out: Outcome, data: bytes, addr: Any) -> bool:
+        """A handshake still in progress that this datagram ended (True): tinydtls
+        refused it with a fatal alert, or the client's Finished did not verify."""
+        if out.sent_fatal_alert is not None:
             # tinydtls ended this handshake with a fatal alert (it may still hold
             # the peer, closing): end it on both sides, reported once.
             unknown_identity = out.asked is not None and not out.asked[1]
@@ -325,15 +342,10 @@ class DtlsServerTransport:
             if not unknown_identity:
                 self._handshake_refused(addr, reason)
             self._close_peer(peer, reason, notify=False)
-            return
-        if peer.phase == HANDSHAKE and not peer.saw_ccs:
+            return True
+        if not peer.saw_ccs:
             peer.saw_ccs = has_change_cipher_spec(data)
-        if (
-            peer.phase == HANDSHAKE
-            and peer.saw_ccs
-            and peer.presented_identity
-            and has_epoch1_handshake(data)
-        ):
+        if peer.saw_ccs and peer.presented_identity and has_epoch1_handshake(data):
             # The client's Finished did not verify: its key is wrong (an
             # unknown identity has no key at all, and was counted already).
             if not peer.identity_unknown:
@@ -341,12 +353,8 @@ class DtlsServerTransport:
                 self.handshake_failed(host_of(addr), "wrong key")
             self._send_plain_alert(addr, AlertDescription.DECRYPT_ERROR)
             self._close_peer(peer, "wrong key", notify=False)
-            return
-        self.sessions.touch(peer, now)
-        if out.plaintexts:
-            peer.final_flight = []  # the client has our Finished: it sends application data
-            self._deliver(peer, out.plaintexts)
-        self._schedule_retransmit()
+            return True
+        return False
 
     def _deliver(self, peer: DtlsPeer, plaintexts: list[bytes]) -> None:
         if peer.phase is not CONNECTED:
