@@ -36,6 +36,7 @@ from aiocoap.transports.tinydtls import (
 )
 
 from .dtls_build import patched_dtls
+from .dtls_numbers import RECORD_HEADER_LEN, ContentType, HandshakeType
 
 log = logging.getLogger("coapdev.client")
 
@@ -49,16 +50,21 @@ class SessionDropped(Exception):
 
 
 #: DTLS record content types and handshake message types, for ``-v`` traces.
-_RECORD_TYPES = {20: "ChangeCipherSpec", 21: "Alert", 22: "Handshake", 23: "ApplicationData"}
-_HANDSHAKE_TYPES = {
-    1: "ClientHello",
-    2: "ServerHello",
-    3: "HelloVerifyRequest",
-    12: "ServerKeyExchange",
-    14: "ServerHelloDone",
-    16: "ClientKeyExchange",
+_RECORD_TYPES = {
+    ContentType.CHANGE_CIPHER_SPEC: "ChangeCipherSpec",
+    ContentType.ALERT: "Alert",
+    ContentType.HANDSHAKE: "Handshake",
+    ContentType.APPLICATION_DATA: "ApplicationData",
 }
-_DTLS_HEADER_BYTES = 13
+_HANDSHAKE_TYPES = {
+    HandshakeType.CLIENT_HELLO: "ClientHello",
+    HandshakeType.SERVER_HELLO: "ServerHello",
+    HandshakeType.HELLO_VERIFY_REQUEST: "HelloVerifyRequest",
+    HandshakeType.SERVER_KEY_EXCHANGE: "ServerKeyExchange",
+    HandshakeType.SERVER_HELLO_DONE: "ServerHelloDone",
+    HandshakeType.CLIENT_KEY_EXCHANGE: "ClientKeyExchange",
+}
+_DTLS_HEADER_BYTES = RECORD_HEADER_LEN
 
 
 def describe_dtls(data: bytes) -> str:
@@ -71,11 +77,11 @@ def describe_dtls(data: bytes) -> str:
         length = int.from_bytes(data[pos + 11 : pos + 13], "big")
         name = _RECORD_TYPES.get(content_type, f"record {content_type}")
         body = data[pos + _DTLS_HEADER_BYTES : pos + _DTLS_HEADER_BYTES + length]
-        if content_type == 22 and epoch == 0 and body:
+        if content_type == ContentType.HANDSHAKE and epoch == 0 and body:
             name = _HANDSHAKE_TYPES.get(body[0], f"Handshake {body[0]}")
-        elif content_type == 22:
+        elif content_type == ContentType.HANDSHAKE:
             name = "Finished (encrypted)"
-        elif content_type == 21 and epoch == 0 and len(body) >= 2:
+        elif content_type == ContentType.ALERT and epoch == 0 and len(body) >= 2:
             name = f"Alert level {body[0]} code {body[1]}"
         parts.append(name)
         pos += _DTLS_HEADER_BYTES + length

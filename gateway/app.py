@@ -24,8 +24,7 @@ from coapdev import logsafe
 from coapdev.audit import AuditLimits, AuditLog
 from coapdev.errors import ConfigError, ServiceUnavailable, StateError, TooManyRequests
 from coapdev.ratelimit import AttemptLimiter, ChangeLimiter
-from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
-from coapdev.server.dtls import DtlsServerOptions
+from coapdev.server import DAY_S, DeviceHooks, DeviceOptions, DeviceServer, DtlsServerOptions
 from coapdev.server.tradfri import add_tradfri_resources
 from coapdev.store import CredentialStore, Principal, StoreLimits
 
@@ -208,19 +207,26 @@ class Gateway:
             max_observations=cfg.limits.max_observations,
             max_uploads_per_resource=cfg.limits.max_uploads_per_resource,
         )
-        server = DeviceServer(store, options, audit=self.audit)
-        server.state.before_onboarding = self._before_onboarding
+        own_transport = cfg.transport == "coapdev"
+        hooks = DeviceHooks(
+            before_onboarding=self._before_onboarding,
+            before_change=self._before_change,
+            # The aiocoap transport cannot take these (it refuses to start with them).
+            admit_handshake=self._admit_handshake if own_transport else None,
+            handshake_failed=self._handshake_failed if own_transport else None,
+        )
+        server = DeviceServer(store, options, audit=self.audit, hooks=hooks)
         add_tradfri_resources(server, lambda: self.device_name)
-        server.state.before_change = self._before_change
         self.server = server
         for res_cfg in cfg.resources:
             self._mount(res_cfg)
         await server.start()
-        dtls = getattr(server.transport, "dtls", None)
-        if dtls is not None:
-            dtls.admit_handshake = self._admit_handshake
-            dtls.handshake_failed = self._handshake_failed
-        elif cfg.dtls != DtlsConfig(True, True):
+        if not own_transport:
+            log.warning(
+                "device.transport = 'aiocoap': failed handshakes are neither rate-limited "
+                "nor audited (the stock transport has no hooks for them)"
+            )
+        if not own_transport and cfg.dtls != DtlsConfig(True, True):
             log.warning(
                 "device.transport = 'aiocoap' requires extended_master_secret and "
                 "renegotiation_info from every client; the [dtls] settings apply to 'coapdev'"

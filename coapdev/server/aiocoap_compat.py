@@ -8,8 +8,9 @@ the e2e suite exercise each).
 from __future__ import annotations
 
 import collections
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiocoap import CON
@@ -44,6 +45,46 @@ def bound_duplicate_detection(mman: Any, duplicates: BoundedDuplicates) -> None:
 def message_id_source(mman: Any) -> Callable[[], int]:
     """The message manager's own message-id counter (for answers sent past it)."""
     return mman._next_message_id
+
+
+async def add_message_transport(context: Any, make: Callable[[Any], Awaitable[Any]]) -> None:
+    """Put a MessageInterface of our own under a server Context: ``make(mman)``
+    returns it, aiocoap wraps it in its message and token managers."""
+    await context._append_tokenmanaged_messagemanaged_transport(make)
+
+
+def _stock_dtls_pool(context: Any) -> Any:
+    """aiocoap's ``tinydtls_server`` connection pool in a Context, if it has one."""
+    for interface in context.request_interfaces:
+        message_interface = getattr(
+            getattr(interface, "token_interface", None), "message_interface", None
+        )
+        pool = getattr(message_interface, "_pool", None)
+        if pool is not None and hasattr(pool, "_connections"):
+            return pool
+    return None
+
+
+def stock_dtls_socket(context: Any) -> socket.socket | None:
+    """The UDP socket of aiocoap's ``tinydtls_server`` (to size its buffers)."""
+    transport = getattr(_stock_dtls_pool(context), "_transport", None)
+    return None if transport is None else transport.get_extra_info("socket")
+
+
+def stock_close_sessions(context: Any, credentials: Collection[Any], reason: str) -> int:
+    """End the stock server's sessions authenticated with any of ``credentials``."""
+    from aiocoap.error import LibraryShutdown
+
+    pool = _stock_dtls_pool(context)
+    if pool is None:
+        return 0
+    wanted = set(credentials)
+    dropped = 0
+    for address in list(pool._connections.values()):
+        if address._psk_store._claims in wanted:
+            address._inject_error(LibraryShutdown(reason))
+            dropped += 1
+    return dropped
 
 
 class _BoundedCompletes:

@@ -6,20 +6,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from aiocoap import resource
+from aiocoap import Message, resource
 
 from ..audit import AuditLog
 from ..const import DEFAULT_COAPS_PORT
 from ..errors import StateWriteError
-from ..store import Credential, CredentialStore
+from ..store import Credential, CredentialStore, Principal
 from . import budget
 from .dtls import DtlsServerOptions
 from .resources import DeviceSite, ServerState, build_site
-from .transport import DtlsTransport, start_transport
+from .transport import DtlsTransport, TransportHooks, start_transport
 
 log = logging.getLogger("coapdev.server")
 
@@ -50,6 +50,21 @@ class DeviceOptions:
     max_uploads_per_resource: int = 32
 
 
+@dataclass(frozen=True)
+class DeviceHooks:
+    """The owner's checks (rate limits, audit), given when the device is made.
+
+    ``before_onboarding`` and ``before_change`` raise a RequestRefused to
+    refuse; ``admit_handshake`` and ``handshake_failed`` need the coapdev
+    transport (the aiocoap one refuses to start with them).
+    """
+
+    before_onboarding: Callable[[Message], None] | None = None
+    before_change: Callable[[Message, Principal, str], None] | None = None
+    admit_handshake: Callable[[str], bool] | None = None
+    handshake_failed: Callable[[str, str], None] | None = None
+
+
 class DeviceServer:
     """A running device.  ``site`` may be extended before :meth:`start`."""
 
@@ -59,14 +74,18 @@ class DeviceServer:
         options: DeviceOptions | None = None,
         *,
         audit: AuditLog | None = None,
+        hooks: DeviceHooks | None = None,
     ) -> None:
         self.store = store
         self.options = options or DeviceOptions()
         self.audit = audit
+        self.hooks = hooks or DeviceHooks()
         self.state = ServerState(
             store=store,
             audit=audit,
             close_sessions=self._close_sessions,
+            before_onboarding=self.hooks.before_onboarding,
+            before_change=self.hooks.before_change,
             max_observations_per_session=self.options.max_observations_per_session,
             max_observations_per_client=self.options.max_observations_per_client,
             max_observations_per_host=self.options.max_observations_per_host,
@@ -92,6 +111,16 @@ class DeviceServer:
         return self.transport.port if self.transport else self.options.port
 
     async def start(self) -> None:
+        hooks = TransportHooks(
+            admit_handshake=self.hooks.admit_handshake,
+            handshake_failed=self.hooks.handshake_failed,
+            screen_factory=self.site.screen_factory,
+        )
+        if self.options.transport == "aiocoap":
+            # It cannot screen: a factory-key session's requests reach aiocoap
+            # (the resources still refuse them).
+            log.info("the aiocoap transport does not screen factory-key requests")
+            hooks = replace(hooks, screen_factory=None)
         self.transport = await start_transport(
             self.site,
             self.options.host,
@@ -99,6 +128,7 @@ class DeviceServer:
             self.store.credential_for,
             kind=self.options.transport,
             options=self.options.dtls,
+            hooks=hooks,
         )
         self._tasks = [
             asyncio.create_task(self._follow_store(), name="coapdev store refresh"),

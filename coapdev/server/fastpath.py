@@ -191,8 +191,10 @@ class FastPath:
         #: Accepted requests whose serving raised (each answered 5.00).
         self.failed = 0
 
-    def handle(self, peer: Any, data: bytes) -> bool:
+    def on_plaintext(self, peer: Any, data: bytes) -> bool:
         """Serve ``data`` if it is a simple request; False leaves it to aiocoap.
+
+        (The DTLS transport's upward edge, :class:`~coapdev.server.dtls.PlaintextConsumer`.)
 
         Deciding "is this mine" comes first and does nothing; once a request
         is accepted, every outcome, an internal error included (5.00), is
@@ -214,6 +216,9 @@ class FastPath:
             with contextlib.suppress(Exception):
                 self._answer(peer, request, key, Message(code=Code.INTERNAL_SERVER_ERROR))
         return True
+
+    #: The former name of :meth:`on_plaintext`.
+    handle = on_plaintext
 
     def _serve(self, peer: Any, request: FastRequest, resource: Any, key: tuple) -> None:
         recent = peer.recent_exchanges

@@ -59,6 +59,7 @@ from ..store import ClientRecord, Credential, CredentialStore, Origin, Principal
 from . import budget
 from .aiocoap_compat import bound_block2
 from .budget import Tally, host_of
+from .request import CoapRequest
 
 log = logging.getLogger("coapdev.server")
 request_log = logging.getLogger("coapdev.requests")
@@ -138,7 +139,7 @@ class ServerState:
 
     def admit(
         self,
-        request: Any,
+        request: CoapRequest,
         policy: authz.Policy | None,
         operation: str | None = None,
         *,
@@ -410,7 +411,7 @@ class DeviceSite(resource.Site):
         return res if getattr(res, "fast_path", False) else None
 
     def render_fast(
-        self, res: GuardedResource, request: Any, reply: Callable[[Message], None]
+        self, res: GuardedResource, request: CoapRequest, reply: Callable[[Message], None]
     ) -> None:
         """Admit and render a fast-path request; ``reply`` gets the response, always."""
         from .fastpath import run_to_completion

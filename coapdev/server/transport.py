@@ -15,11 +15,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiocoap import Context
+from aiocoap import Context, Message
 from aiocoap.credentials import CredentialsMap
 
 from ..const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
 from ..dtls_build import patched_dtls
+from ..errors import CoapdevError
+from . import aiocoap_compat
 
 #: The key for a PSK identity and the credential it stands for, or None.
 PskLookup = Callable[[bytes], tuple[bytes, Any] | None]
@@ -28,6 +30,30 @@ PskLookup = Callable[[bytes], tuple[bytes, Any] | None]
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
 log = logging.getLogger("coapdev.transport")
+
+
+@dataclass(frozen=True)
+class TransportHooks:
+    """What the owner plugs into a DTLS transport, given when it starts.
+
+    A transport that cannot honour a hook given here refuses to start
+    (:class:`UnsupportedHooks`): nothing is dropped silently.
+    """
+
+    #: Whether to take a new handshake from this host (rate limiting); None: always.
+    admit_handshake: Callable[[str], bool] | None = None
+    #: Learns of every failed handshake: (host, reason).
+    handshake_failed: Callable[[str, str], None] | None = None
+    #: A factory-key session's request the fast path left: None lets aiocoap
+    #: take it, else the refusal to send (see DeviceSite.screen_factory).
+    screen_factory: Callable[[Message], Message | None] | None = None
+
+    def given(self) -> list[str]:
+        return [name for name, hook in vars(self).items() if hook is not None]
+
+
+class UnsupportedHooks(CoapdevError, ValueError):
+    """The transport chosen cannot honour hooks it was given."""
 
 
 class DtlsTransport(Protocol):
@@ -86,7 +112,15 @@ class StockTransport:
     port: int
 
     @classmethod
-    async def start(cls, site: Any, host: str, port: int, lookup: PskLookup) -> StockTransport:
+    async def start(
+        cls, site: Any, host: str, port: int, lookup: PskLookup, hooks: TransportHooks
+    ) -> StockTransport:
+        if hooks.given():
+            raise UnsupportedHooks(
+                "the aiocoap DTLS server transport cannot honour "
+                + ", ".join(hooks.given())
+                + " (use the coapdev transport, or start it without them)"
+            )
         if port <= 1:
             raise ValueError("the aiocoap DTLS server needs an explicit port above 1")
         os.environ["AIOCOAP_REUSE_PORT"] = "0"
@@ -102,34 +136,13 @@ class StockTransport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         return self
 
-    def _pool(self) -> Any:
-        for interface in self.context.request_interfaces:
-            message_interface = getattr(
-                getattr(interface, "token_interface", None), "message_interface", None
-            )
-            pool = getattr(message_interface, "_pool", None)
-            if pool is not None and hasattr(pool, "_connections"):
-                return pool
-        return None
-
     def _socket(self) -> socket.socket | None:
-        pool = self._pool()
-        transport = getattr(pool, "_transport", None)
-        return None if transport is None else transport.get_extra_info("socket")
+        return aiocoap_compat.stock_dtls_socket(self.context)
 
     def close_sessions(self, credentials: Collection[Any]) -> int:
-        pool = self._pool()
-        if pool is None or not credentials:
+        if not credentials:
             return 0
-        from aiocoap.error import LibraryShutdown
-
-        wanted = set(credentials)
-        dropped = 0
-        for address in list(pool._connections.values()):
-            if address._psk_store._claims in wanted:
-                address._inject_error(LibraryShutdown("key no longer valid"))
-                dropped += 1
-        return dropped
+        return aiocoap_compat.stock_close_sessions(self.context, credentials, "key no longer valid")
 
     async def shutdown(self) -> None:
         await self.context.shutdown()
@@ -146,29 +159,34 @@ class OwnTransport:
 
     @classmethod
     async def start(
-        cls, site: Any, host: str, port: int, lookup: PskLookup, options: Any = None
+        cls,
+        site: Any,
+        host: str,
+        port: int,
+        lookup: PskLookup,
+        options: Any = None,
+        hooks: TransportHooks | None = None,
     ) -> OwnTransport:
         from .dtls import DtlsServerTransport
+        from .fastpath import FastPath
 
         context = Context(serversite=site, loggername="coapdev.coap")
         made: list[DtlsServerTransport] = []
 
-        async def make(mman: Any) -> DtlsServerTransport:
-            from .aiocoap_compat import bound_duplicate_detection, message_id_source
-            from .budget import BoundedDuplicates
-            from .fastpath import FastPath
-
-            transport = await DtlsServerTransport.create(host, port, mman, lookup, options)
-            transport.fast_path = FastPath(site, message_id_source(mman))
-            transport.screen_factory = getattr(site, "screen_factory", None)
-            transport.duplicates = BoundedDuplicates(
-                transport.options.max_exchanges_per_session, transport.options.max_exchanges
+        async def make(mman: Any) -> Any:
+            transport = await DtlsServerTransport.create(
+                host,
+                port,
+                mman,
+                lookup,
+                options,
+                hooks=hooks,
+                fast_path=FastPath(site, aiocoap_compat.message_id_source(mman)),
             )
-            bound_duplicate_detection(mman, transport.duplicates)
             made.append(transport)
-            return transport
+            return transport.aiocoap
 
-        await context._append_tokenmanaged_messagemanaged_transport(make)
+        await aiocoap_compat.add_message_transport(context, make)
         return cls(context=context, host=host, port=made[0].port, dtls=made[0])
 
     def close_sessions(self, credentials: Collection[Any]) -> int:
@@ -189,14 +207,17 @@ async def start_transport(
     *,
     kind: str = "coapdev",
     options: Any = None,
+    hooks: TransportHooks | None = None,
 ) -> DtlsTransport:
     """Serve ``site`` over DTLS.  ``kind``: "coapdev" (ours) or "aiocoap" (stock).
 
     Either runs on coapdev's DTLSSocket build (:mod:`coapdev.dtls_build`).
+    ``hooks`` the transport cannot honour make it refuse to start.
     """
     patched_dtls()
+    hooks = hooks or TransportHooks()
     if kind == "aiocoap":
-        return await StockTransport.start(site, host, port, lookup)
+        return await StockTransport.start(site, host, port, lookup, hooks)
     if kind == "coapdev":
-        return await OwnTransport.start(site, host, port, lookup, options)
+        return await OwnTransport.start(site, host, port, lookup, options, hooks)
     raise ValueError(f"unknown DTLS transport {kind!r} (choose from {', '.join(TRANSPORTS)})")

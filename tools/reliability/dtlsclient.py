@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 from DTLSSocket import dtls
 
-_EVENT_CONNECTED = 0x01DE
-_LEVEL_FATAL = 2
+from coapdev.dtls_numbers import TINYDTLS_EVENT_CONNECTED, AlertLevel
+
+_EVENT_CONNECTED = TINYDTLS_EVENT_CONNECTED
+_LEVEL_FATAL = AlertLevel.FATAL
 _SENTINEL = ("::1", 1234)
 
 #: ``mutate(index, datagram)``: the datagram to send instead of the index-th one.
@@ -71,7 +73,7 @@ class RawDtlsClient:
         return len(data)
 
     def _event(self, level: int, code: int) -> int:
-        if level == 0 and code == _EVENT_CONNECTED:
+        if level == AlertLevel.EVENT and code == _EVENT_CONNECTED:
             self.connected = True
         elif level == _LEVEL_FATAL:
             self.failed = code
