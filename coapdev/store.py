@@ -34,23 +34,13 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import keys
 from .atomic import locked, write_all, write_atomic
-from .const import (
-    DEVICE_MODEL,
-    FACTORY_IDENTITY,
-    MAX_CLIENT_NAME_CHARS,
-    MAX_IDENTITY_BYTES,
-    MAX_PSK_BYTES,
-    KeyFormat,
-    Role,
-)
+from .const import DEVICE_MODEL, MAX_CLIENT_NAME_CHARS, MAX_PSK_BYTES, KeyFormat, Role
 from .errors import (
-    BadRequest,
     CoapdevError,
     Conflict,
     CorruptStateFile,
@@ -59,6 +49,17 @@ from .errors import (
     StateError,
     StateWriteError,
     TooManyRequests,
+)
+from .model import (
+    ClientRecord,
+    Credential,
+    DeviceInfo,
+    Origin,
+    PendingKey,
+    Principal,
+    validate_device_id,
+    validate_identity,
+    validate_name,
 )
 
 log = logging.getLogger("coapdev.store")
@@ -78,114 +79,6 @@ AUDIT_FILE = "audit.jsonl"
 LAST_SEEN_RESOLUTION_S = 60.0
 
 T = TypeVar("T")
-
-
-class Origin(StrEnum):
-    """Which exchange minted a client."""
-
-    NATIVE = "native"
-    TRADFRI = "tradfri"
-    LOCAL = "local"
-
-
-@dataclass(slots=True)
-class PendingKey:
-    """A rotated key handed out but not yet used; the old key works until it is."""
-
-    identity: str
-    key: bytes
-    created: float
-
-
-@dataclass(slots=True)
-class ClientRecord:
-    """One minted client.  ``id`` is stable; ``identity`` changes when it rekeys."""
-
-    id: str
-    identity: str
-    key: bytes
-    name: str
-    role: Role
-    created: float
-    origin: Origin = Origin.NATIVE
-    key_format: KeyFormat = KeyFormat.BYTES
-    last_seen: float | None = None
-    pending: PendingKey | None = None
-
-    def key_for_wire(self, key: bytes | None = None) -> bytes | str:
-        """A key as handed to this client: a byte string, or text for text keys."""
-        key = self.key if key is None else key
-        return key.decode("ascii") if self.key_format is KeyFormat.TEXT else key
-
-    def public(self) -> dict[str, Any]:
-        """What an admin may see about a client: everything but keys."""
-        return {
-            "id": self.id,
-            "identity": self.identity,
-            "name": self.name,
-            "role": self.role.value,
-            "created": self.created,
-            "last-seen": self.last_seen,
-            "origin": self.origin.value,
-        }
-
-
-@dataclass(slots=True)
-class DeviceInfo:
-    id: str
-    model: str
-    factory_key: str  # canonical text; the PSK is its ASCII
-    created: float
-    factory_identity: str = FACTORY_IDENTITY
-    #: Onboarding is open until this time (epoch seconds); None: closed.
-    onboarding_until: float | None = None
-    #: Counts factory resets and new factory keys: a session opened with the
-    #: factory key of an earlier generation is worth nothing.
-    factory_generation: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """The key material a DTLS session was authenticated with.
-
-    A client identity names exactly one key forever (identities are never
-    reused, see :meth:`CredentialStore.taken`), so its generation is 0; the
-    factory identity keeps its name across factory resets and new factory
-    keys, so it carries the device's ``factory_generation``.
-    """
-
-    identity: str
-    generation: int = 0
-
-    @property
-    def is_factory(self) -> bool:
-        """Factory generations count from 1; a client key's credential is generation 0."""
-        return self.generation > 0
-
-    def __str__(self) -> str:
-        return self.identity if not self.generation else f"{self.identity}#{self.generation}"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who sent a request, as established by the DTLS handshake."""
-
-    identity: str
-    client: ClientRecord | None  # None for the factory identity
-    credential: Credential | None = None
-
-    @property
-    def is_factory(self) -> bool:
-        return self.client is None
-
-    @property
-    def role(self) -> Role | None:
-        return None if self.client is None else self.client.role
-
-    @property
-    def label(self) -> str:
-        """Name for logs: the client's name, or 'factory-key'."""
-        return "factory-key" if self.client is None else self.client.name
 
 
 @dataclass(slots=True)
@@ -1130,36 +1023,6 @@ def _encode_client(c: ClientRecord) -> dict[str, Any]:
 
 
 # --- parsing and validation (also used on untrusted input) --------------------------
-
-
-def validate_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise BadRequest("client name must be a text string")
-    name = name.strip()
-    if not name:
-        raise BadRequest("client name must not be empty")
-    if len(name) > MAX_CLIENT_NAME_CHARS:
-        raise BadRequest(f"client name is longer than {MAX_CLIENT_NAME_CHARS} characters")
-    if any(not c.isprintable() for c in name):
-        raise BadRequest("client name contains control characters")
-    return name
-
-
-def validate_device_id(device_id: str) -> str:
-    text = device_id.strip().upper()
-    if not 4 <= len(text) <= 20 or any(c not in keys.ALPHABET for c in text):
-        raise BadRequest(f"device id {device_id!r}: 4 to 20 characters of {keys.ALPHABET}")
-    return text
-
-
-def validate_identity(identity: object) -> str:
-    if not isinstance(identity, str) or not identity:
-        raise BadRequest("identity must be a non-empty text string")
-    if not identity.isascii() or not identity.isprintable() or " " in identity:
-        raise BadRequest("identity must be printable ASCII without spaces")
-    if len(identity.encode()) > MAX_IDENTITY_BYTES:
-        raise BadRequest(f"identity is longer than {MAX_IDENTITY_BYTES} bytes")
-    return identity
 
 
 def parse_state(raw: bytes, path: Path) -> tuple[DeviceInfo, list[ClientRecord]]:

@@ -23,11 +23,12 @@ from aiocoap import Message
 from coapdev import logsafe
 from coapdev.audit import AuditLimits, AuditLog
 from coapdev.errors import ConfigError, ServiceUnavailable, StateError, TooManyRequests
+from coapdev.model import Principal
 from coapdev.ratelimit import AttemptLimiter, ChangeLimiter
 from coapdev.server.device import DAY_S, DeviceOptions, DeviceServer
 from coapdev.server.dtls import DtlsServerOptions
 from coapdev.server.tradfri import add_tradfri_resources
-from coapdev.store import CredentialStore, Principal, StoreLimits
+from coapdev.store import CredentialStore, StoreLimits
 
 from .config import DtlsConfig, GatewayConfig, ResourceConfig
 from .resources import ScriptResource

@@ -54,8 +54,9 @@ from ..errors import (
     Unauthorized,
     UnsupportedContentFormat,
 )
+from ..model import ClientRecord, Credential, Origin, Principal
 from ..payload import decode, encode, parse_switch
-from ..store import ClientRecord, Credential, CredentialStore, Origin, Principal
+from ..store import CredentialStore
 from . import budget
 from .aiocoap_compat import bound_block2
 from .budget import Tally, host_of
