@@ -18,7 +18,7 @@ from typing import Any
 
 from . import keys
 from .const import FACTORY_IDENTITY, MAX_CLIENT_NAME_CHARS, MAX_IDENTITY_BYTES, KeyFormat, Role
-from .errors import BadRequest
+from .errors import InvalidValue
 
 __all__ = [
     "ClientRecord",
@@ -148,29 +148,29 @@ class Principal:
 
 def validate_name(name: object) -> str:
     if not isinstance(name, str):
-        raise BadRequest("client name must be a text string")
+        raise InvalidValue("client name must be a text string")
     name = name.strip()
     if not name:
-        raise BadRequest("client name must not be empty")
+        raise InvalidValue("client name must not be empty")
     if len(name) > MAX_CLIENT_NAME_CHARS:
-        raise BadRequest(f"client name is longer than {MAX_CLIENT_NAME_CHARS} characters")
+        raise InvalidValue(f"client name is longer than {MAX_CLIENT_NAME_CHARS} characters")
     if any(not c.isprintable() for c in name):
-        raise BadRequest("client name contains control characters")
+        raise InvalidValue("client name contains control characters")
     return name
 
 
 def validate_device_id(device_id: str) -> str:
     text = device_id.strip().upper()
     if not 4 <= len(text) <= 20 or any(c not in keys.ALPHABET for c in text):
-        raise BadRequest(f"device id {device_id!r}: 4 to 20 characters of {keys.ALPHABET}")
+        raise InvalidValue(f"device id {device_id!r}: 4 to 20 characters of {keys.ALPHABET}")
     return text
 
 
 def validate_identity(identity: object) -> str:
     if not isinstance(identity, str) or not identity:
-        raise BadRequest("identity must be a non-empty text string")
+        raise InvalidValue("identity must be a non-empty text string")
     if not identity.isascii() or not identity.isprintable() or " " in identity:
-        raise BadRequest("identity must be printable ASCII without spaces")
+        raise InvalidValue("identity must be printable ASCII without spaces")
     if len(identity.encode()) > MAX_IDENTITY_BYTES:
-        raise BadRequest(f"identity is longer than {MAX_IDENTITY_BYTES} bytes")
+        raise InvalidValue(f"identity is longer than {MAX_IDENTITY_BYTES} bytes")
     return identity

@@ -41,14 +41,17 @@ from . import keys
 from .atomic import locked, write_all, write_atomic
 from .const import DEVICE_MODEL, MAX_CLIENT_NAME_CHARS, MAX_PSK_BYTES, KeyFormat, Role
 from .errors import (
+    AmbiguousName,
     CoapdevError,
-    Conflict,
     CorruptStateFile,
-    NotFound,
+    LastAdmin,
+    NameTaken,
+    NoPendingRekey,
+    NoSuchClient,
     StaleCredential,
     StateError,
     StateWriteError,
-    TooManyRequests,
+    TooManyClients,
 )
 from .model import (
     ClientRecord,
@@ -248,7 +251,7 @@ class CredentialStore:
         try:
             return self._clients[client_id]
         except KeyError:
-            raise NotFound(f"no client with id {client_id!r}") from None
+            raise NoSuchClient(f"no client with id {client_id!r}") from None
 
     def clients_named(self, ref: str) -> list[ClientRecord]:
         """Every client ``ref`` names: as id, as current or pending identity, or as name.
@@ -271,8 +274,8 @@ class CredentialStore:
             return named[0]
         if named:
             ids = ", ".join(sorted(c.id for c in named))
-            raise Conflict(f"{ref!r} names several clients; use an id: {ids}")
-        raise NotFound(f"no client with id, identity or name {ref!r}")
+            raise AmbiguousName(f"{ref!r} names several clients; use an id: {ids}")
+        raise NoSuchClient(f"no client with id, identity or name {ref!r}")
 
     def taken(self, text: str, *, by: ClientRecord | None = None) -> str | None:
         """Why ``text`` cannot name ``by`` (a new client if None), or None if it can.
@@ -328,14 +331,14 @@ class CredentialStore:
 
         def mint() -> ClientRecord:
             if len(self._clients) >= self.limits.max_clients:
-                raise TooManyRequests(
+                raise TooManyClients(
                     f"this device already has its maximum of {self.limits.max_clients} clients; "
                     "revoke one first"
                 )
             if identity is not None:
                 reason = self.taken(identity)
                 if reason is not None:
-                    raise Conflict(f"identity {identity!r} cannot be issued: {reason}")
+                    raise NameTaken(f"identity {identity!r} cannot be issued: {reason}")
             client_id = identity or self._fresh_identity()
             has_admin = self._admins > 0
             record = ClientRecord(
@@ -395,7 +398,7 @@ class CredentialStore:
             if new_name != record.name:
                 reason = self.taken(new_name, by=record)
                 if reason is not None:
-                    raise Conflict(f"cannot rename to {new_name!r}: {reason}")
+                    raise NameTaken(f"cannot rename to {new_name!r}: {reason}")
             old.append(record.name)
             self._unindex(record)
             record.name = new_name
@@ -466,7 +469,7 @@ class CredentialStore:
         def confirm() -> ClientRecord:
             record = self._by_identity.get(identity)
             if record is None or record.pending is None or record.pending.identity != identity:
-                raise NotFound("no key rotation is pending for this identity")
+                raise NoPendingRekey("no key rotation is pending for this identity")
             self._retire(record.identity)
             record.identity = record.pending.identity
             record.key = record.pending.key
@@ -749,7 +752,7 @@ class CredentialStore:
 
     def _check_not_last_admin(self, record: ClientRecord, change: str) -> None:
         if self._admins <= 1:
-            raise Conflict(
+            raise LastAdmin(
                 f"{record.name!r} is the last admin of this device and cannot be {change}; "
                 "make another client admin first"
             )

@@ -214,6 +214,11 @@ class ServerState:
 
 
 def refusal_message(exc: RequestRefused) -> Message:
+    """The response for a refusal: its code, its text as diagnostic, Max-Age if given.
+
+    Domain errors of the model and the store (:class:`~coapdev.errors.StoreError`)
+    arrive here too: each is the refusal coapdev.errors names for it.
+    """
     cls, detail = (int(part) for part in exc.code.split("."))
     message = with_diagnostic(
         Message(
