@@ -2,7 +2,7 @@
 
 The transport authenticates a peer by its PSK identity and hands the
 credential it used (identity and generation, see
-:class:`~coapdev.store.Credential`) up as the request's only authenticated
+:class:`~coapdev.model.Credential`) up as the request's only authenticated
 claim.  :func:`decide` is the only place that turns a credential, an
 operation and a resource's :class:`Policy` into a principal or a refusal; it
 is called for every request (fast path and aiocoap path alike) and again
@@ -24,7 +24,8 @@ from .errors import (
     StaleCredential,
     Unauthorized,
 )
-from .store import Credential, CredentialStore, Principal
+from .model import Credential, Principal
+from .store import CredentialStore
 
 ALL_ROLES: frozenset[Role] = frozenset(Role)
 ADMIN_ONLY: frozenset[Role] = frozenset({Role.ADMIN})

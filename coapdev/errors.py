@@ -1,7 +1,9 @@
 """The one exception hierarchy of coapdev.
 
 Server code raises :class:`RequestRefused` subclasses; the aiocoap edge turns
-them into CoAP response codes with a short diagnostic payload.  Client code
+them into CoAP response codes with a short diagnostic payload.  The model and
+the credential store raise :class:`StoreError` subclasses (domain errors), each
+of which names its refusal once, in the table of domain errors below.  Client code
 raises :class:`ClientError` subclasses; the CLI prints ``str(error)`` as one
 line and exits non-zero.  Nothing here imports aiocoap, so the sans-I/O core
 and the CLI's start-up stay light.
@@ -82,12 +84,60 @@ class ServiceUnavailable(RequestRefused):
     code = "5.03"
 
 
-class StaleCredential(Unauthorized):
+class GatewayTimeout(RequestRefused):
+    code = "5.04"
+
+
+# --- Domain errors: what the model and the credential store refuse ------------------
+#
+# coapdev.model and coapdev.store raise these and nothing else of this module's
+# refusals: they know nothing of CoAP.  The second base of each is its status
+# hint (h11's ``error_status_hint``), the refusal it is at the CoAP edge: this
+# table is the one place a domain error gets its CoAP code, and the edge
+# (coapdev.server.resources.refusal_message) renders it like any refusal.
+
+
+class StoreError(CoapdevError):
+    """The model or the store will not do what was asked; nothing was changed.
+
+    Every subclass also names the refusal it is at the CoAP edge (its second base).
+    """
+
+
+class InvalidValue(StoreError, BadRequest):
+    """A client name, identity or device id breaks the model's rules."""
+
+
+class NoSuchClient(StoreError, NotFound):
+    """No client goes by the id (or id, identity or name) given."""
+
+
+class NoPendingRekey(StoreError, NotFound):
+    """An identity confirms a key rotation that is not pending."""
+
+
+class NameTaken(StoreError, Conflict):
+    """A name or identity is taken in the device's one namespace (see CredentialStore.taken)."""
+
+
+class AmbiguousName(StoreError, Conflict):
+    """A reference names several clients (a state file edited by hand)."""
+
+
+class LastAdmin(StoreError, Conflict):
+    """The change would leave the device without an admin."""
+
+
+class TooManyClients(StoreError, TooManyRequests):
+    """The device holds its maximum number of clients."""
+
+
+class StaleCredential(StoreError, Unauthorized):
     """The key a session was opened with no longer opens this device
     (revoked, rotated away, factory reset): the session is closed too."""
 
 
-class StateWriteError(ServiceUnavailable):
+class StateWriteError(StoreError, ServiceUnavailable):
     """A change could not be made durable (full, read-only or failing storage).
 
     Nothing was changed: memory holds what was acknowledged before.
@@ -110,10 +160,6 @@ class StateWriteError(ServiceUnavailable):
         return error
 
     detail: str = ""
-
-
-class GatewayTimeout(RequestRefused):
-    code = "5.04"
 
 
 # --- Local state and configuration --------------------------------------------------

@@ -26,15 +26,9 @@ from .const import (
     KeyFormat,
 )
 from .errors import BadRequest, PayloadError, UnsupportedContentFormat
+from .model import ClientRecord, Credential, Origin, validate_identity, validate_name
 from .payload import decode
-from .store import (
-    ClientRecord,
-    Credential,
-    CredentialStore,
-    Origin,
-    validate_identity,
-    validate_name,
-)
+from .store import CredentialStore
 
 #: Onboarding payloads are tiny; anything larger is refused unread.
 MAX_ONBOARD_PAYLOAD = 512

@@ -23,10 +23,11 @@ from aiocoap import Message
 from coapdev import logsafe
 from coapdev.audit import AuditLimits, AuditLog
 from coapdev.errors import ConfigError, ServiceUnavailable, StateError, TooManyRequests
+from coapdev.model import Principal
 from coapdev.ratelimit import AttemptLimiter, ChangeLimiter
 from coapdev.server import DAY_S, DeviceHooks, DeviceOptions, DeviceServer, DtlsServerOptions
 from coapdev.server.tradfri import add_tradfri_resources
-from coapdev.store import CredentialStore, Principal, StoreLimits
+from coapdev.store import CredentialStore, StoreLimits
 
 from .config import DtlsConfig, GatewayConfig, ResourceConfig
 from .resources import ScriptResource

@@ -15,7 +15,8 @@ from aiocoap import Message, resource
 from ..audit import AuditLog
 from ..const import DEFAULT_COAPS_PORT
 from ..errors import StateWriteError
-from ..store import Credential, CredentialStore, Principal
+from ..model import Credential, Principal
+from ..store import CredentialStore
 from . import budget
 from .dtls import DtlsServerOptions
 from .resources import DeviceSite, ServerState, build_site

@@ -54,8 +54,9 @@ from ..errors import (
     Unauthorized,
     UnsupportedContentFormat,
 )
+from ..model import ClientRecord, Credential, Origin, Principal
 from ..payload import decode, encode, parse_switch
-from ..store import ClientRecord, Credential, CredentialStore, Origin, Principal
+from ..store import CredentialStore
 from . import budget
 from .aiocoap_compat import bound_block2
 from .budget import Tally, host_of
@@ -214,6 +215,11 @@ class ServerState:
 
 
 def refusal_message(exc: RequestRefused) -> Message:
+    """The response for a refusal: its code, its text as diagnostic, Max-Age if given.
+
+    Domain errors of the model and the store (:class:`~coapdev.errors.StoreError`)
+    arrive here too: each is the refusal coapdev.errors names for it.
+    """
     cls, detail = (int(part) for part in exc.code.split("."))
     message = with_diagnostic(
         Message(

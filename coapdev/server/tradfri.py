@@ -36,7 +36,7 @@ from ..const import (
     ContentFormat,
     TradfriGatewayKey,
 )
-from ..store import Principal
+from ..model import Principal
 from .resources import ALL_ROLES, GuardedResource, ServerState, value_response
 
 

@@ -75,7 +75,7 @@ class StoreCredentials(CredentialsMap):
 
     aiocoap's own ``find_dtls_psk`` scans every entry; this asks the store's
     dict.  The claim handed up with a request is the credential the key
-    stands for (see :class:`coapdev.store.Credential`).
+    stands for (see :class:`coapdev.model.Credential`).
     """
 
     def __init__(self, lookup: PskLookup) -> None:

@@ -411,7 +411,7 @@ def test_a_change_that_cannot_be_written_changes_nothing(
 ):
     import errno
 
-    import coapdev.store as store_module
+    import coapdev.store.journal as store_module
     from coapdev.errors import StateWriteError
 
     directory = tmp_path / "state"
@@ -441,7 +441,7 @@ def test_a_change_that_cannot_be_written_changes_nothing(
 def test_a_snapshot_that_cannot_be_written_changes_nothing(tmp_path, monkeypatch):
     import errno
 
-    import coapdev.store as store_module
+    import coapdev.store.journal as store_module
     from coapdev.errors import StateWriteError
 
     directory = tmp_path / "state"

@@ -15,12 +15,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import shutil
 import socket
-import string
 import subprocess
 import sys
 import time
@@ -217,59 +215,43 @@ def onboard(server: Server, name: str = "bench") -> Credentials:
 def populate_store(state_dir: Path, clients: int) -> Credentials:
     """A state directory holding ``clients`` minted clients; the first one's credentials.
 
-    The store creates the directory (device id, factory key); the clients are
-    written in one go to its credentials.json (schema 1, the format
-    coapdev/store.py reads), then the store is opened again to check it.
+    Made through the store's own API, as the gateway would make them: the
+    store creates the directory (device id, factory key) and mints the
+    clients ``bench-00000``, ``bench-00001``, ... (text keys; the first is the
+    admin), then folds its journal into one snapshot, and is opened again to
+    check it.
     """
-    from coapdev.store import SCHEMA_VERSION, STATE_FILE, CredentialStore
+    from coapdev.model import Origin
+    from coapdev.store import CredentialStore, StoreLimits
 
-    CredentialStore.open(state_dir, onboarding_window_s=3600)
-    path = state_dir / STATE_FILE
-    document = json.loads(path.read_text())
-    if document.get("schema") != SCHEMA_VERSION or SCHEMA_VERSION != 1:
-        raise StartError(f"{path}: unexpected schema {document.get('schema')!r}")
+    store = CredentialStore.open(
+        state_dir, onboarding_window_s=3600, limits=StoreLimits(max_clients=max(clients, 1))
+    )
     now = time.time()
-    alphabet = string.ascii_letters + string.digits
-    entries = []
     first: Credentials | None = None
     for i in range(clients):
         identity = f"bench-{i:05d}"
-        key = "".join(secrets.choice(alphabet) for _ in range(16)).encode()
-        if first is None:
-            first = Credentials(identity, key)
-        entries.append(
-            {
-                "id": identity,
-                "identity": identity,
-                "key": key.hex(),
-                "name": identity,
-                "role": "admin" if i == 0 else "user",
-                "created": now,
-                "last-seen": None,
-                "origin": "local",
-                "key-format": "text",
-            }
+        record = store.mint_client(
+            identity, now=now, text_key=True, origin=Origin.LOCAL, identity=identity
         )
-    document["clients"] = entries
-    tmp = path.with_name(path.name + ".bench-tmp")
-    tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+        if first is None:
+            first = Credentials(record.identity, record.key)
+    store.compact()
     loaded = CredentialStore.open(state_dir, create=False)
     if len(loaded) != clients:
-        raise StartError(f"{path}: wrote {clients} clients, the store reads {len(loaded)}")
+        raise StartError(f"{state_dir}: minted {clients} clients, the store reads {len(loaded)}")
     assert first is not None
     return first
 
 
 def stored_credentials(state_dir: Path, identity: str = "bench-00000") -> Credentials:
-    """Credentials of one client written by :func:`populate_store`."""
-    from coapdev.store import STATE_FILE
+    """Credentials of one client minted by :func:`populate_store`."""
+    from coapdev.store import read_state
 
-    document = json.loads((state_dir / STATE_FILE).read_text())
-    for entry in document["clients"]:
-        if entry["identity"] == identity:
-            return Credentials(identity, bytes.fromhex(entry["key"]))
+    _, clients = read_state(state_dir)
+    for record in clients:
+        if record.identity == identity:
+            return Credentials(identity, record.key)
     raise StartError(f"{state_dir}: no client {identity!r}")
 
 
