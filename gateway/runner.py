@@ -161,11 +161,13 @@ class _Protocol(asyncio.SubprocessProtocol):
         self,
         max_stdout_bytes: int,
         on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.max_stdout_bytes = max_stdout_bytes
         self.on_stdout = on_stdout
+        self.on_stderr = on_stderr
         self.too_large = asyncio.Event()
         self.exited = asyncio.Event()
         self.outputs_closed = asyncio.Event()
@@ -183,6 +185,9 @@ class _Protocol(asyncio.SubprocessProtocol):
                 return
             self.stdout.extend(data)
         elif fd == 2:
+            if self.on_stderr is not None:
+                self.on_stderr(data)
+                return
             room = STDERR_KEEP_BYTES - len(self.stderr)
             if room > 0:
                 self.stderr.extend(data[:room])
@@ -345,6 +350,7 @@ class LineProcess:
         max_line_bytes: int,
         stdin: bool = False,
         on_running: Callable[[LineProcess], None] | None = None,
+        on_stderr_line: Callable[[bytes], None] | None = None,
     ) -> None:
         self.argv = tuple(argv)
         self.on_line = on_line
@@ -354,6 +360,9 @@ class LineProcess:
         #: Whether the command reads from the gateway (:meth:`write`); else /dev/null.
         self.stdin = stdin
         self.on_running = on_running
+        #: Gets each line the command writes on stderr (cut at STDERR_KEEP_BYTES); else discarded.
+        self.on_stderr_line = on_stderr_line
+        self._stderr_partial = bytearray()
         self.overlong = False
         self._partial = bytearray()
         self._started: _Started | None = None
@@ -403,11 +412,25 @@ class LineProcess:
         self._partial.clear()
         self.kill()
 
+    def _stderr(self, data: bytes) -> None:
+        assert self.on_stderr_line is not None
+        self._stderr_partial.extend(data)
+        while (end := self._stderr_partial.find(b"\n")) >= 0 or (
+            len(self._stderr_partial) > STDERR_KEEP_BYTES
+        ):
+            cut = end if end >= 0 else STDERR_KEEP_BYTES
+            line = bytes(self._stderr_partial[:cut]).rstrip(b"\r")
+            del self._stderr_partial[: cut + 1 if end >= 0 else cut]
+            self.on_stderr_line(line[:STDERR_KEEP_BYTES])
+
     async def run(self) -> int | None:
         """Run until the command exits (or is cancelled); its exit status."""
-        protocol = _Protocol(0, on_stdout=self._data)
+        with_stderr = self.on_stderr_line is not None
+        protocol = _Protocol(
+            0, on_stdout=self._data, on_stderr=self._stderr if with_stderr else None
+        )
         self._started = await _start(
-            self.argv, protocol, env=self.env, cwd=self.cwd, stdin=self.stdin, stderr=False
+            self.argv, protocol, env=self.env, cwd=self.cwd, stdin=self.stdin, stderr=with_stderr
         )
         try:
             if self.on_running is not None:
@@ -434,6 +457,7 @@ async def supervise_lines(
     stdin: bool = False,
     on_start: Callable[[LineProcess], None] | None = None,
     on_exit: Callable[[str, float], None] | None = None,
+    on_stderr_line: Callable[[bytes], None] | None = None,
 ) -> None:
     """Keep ``argv`` running (restarted with back-off) until cancelled.
 
@@ -455,6 +479,7 @@ async def supervise_lines(
             max_line_bytes=max_line_bytes,
             stdin=stdin,
             on_running=on_start,
+            on_stderr_line=on_stderr_line,
         )
         try:
             code = await process.run()
