@@ -18,6 +18,7 @@ from coapdev.errors import NotAuthorized, RequestFailed
 pytestmark = pytest.mark.e2e
 
 SCRIPTS = Path(__file__).parent / "scripts"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "handlers"
 PY = sys.executable
 
 CONFIG = f"""
@@ -40,6 +41,21 @@ path = "/kv"
 handler = ["{PY}", "{SCRIPTS}/handler_kv.py"]
 get = {{}}
 put = {{}}
+
+[[resource]]
+path = "/counter"
+handler = ["{EXAMPLES}/counter.sh"]
+get = {{}}
+put = {{}}
+post = {{}}
+
+[[resource]]
+path = "/kv-example"
+handler = ["{PY}", "{EXAMPLES}/kv.py"]
+output = "octets"
+get = {{}}
+put = {{}}
+delete = {{}}
 
 [[resource]]
 path = "/bounded"
@@ -161,6 +177,40 @@ def test_a_handler_serves_get_and_put_with_who_asked(handled, admin_and_user, ru
     lines = starts(handled)
     assert len(lines) == 2, lines  # /raw and /bounded
     assert all(line.split()[1] == str(handled.data_dir.resolve()) for line in lines)
+
+
+def test_the_documented_example_handlers_work(handled, admin_and_user, run):
+    async def scenario() -> list[tuple[str, bytes]]:
+        seen = []
+        async with Client(admin_and_user[0]) as dev:
+            for method, path, payload in (
+                ("GET", "/counter", b""),
+                ("POST", "/counter", b""),
+                ("PUT", "/counter", b"41"),
+                ("POST", "/counter", b""),
+                ("PUT", "/counter", b"x; rm -rf /"),
+                ("PUT", "/kv-example?key=a", "hé".encode()),
+                ("GET", "/kv-example?key=a", b""),
+                ("DELETE", "/kv-example?key=a", b""),
+                ("GET", "/kv-example?key=a", b""),
+            ):
+                r = await dev.request(
+                    method, path, payload, content_format=ContentFormat.TEXT, check=False
+                )
+                seen.append((r.code, r.payload))
+        return seen
+
+    assert run(scenario()) == [
+        ("2.05", b"0"),
+        ("2.01", b"1"),
+        ("2.04", b"41"),
+        ("2.01", b"42"),
+        ("4.00", b"send a whole number"),
+        ("2.04", b""),
+        ("2.05", "hé".encode()),
+        ("2.02", b""),
+        ("4.04", b"no value for 'a'"),
+    ]
 
 
 def test_requests_are_in_flight_at_once(handled, admin_and_user, run):
