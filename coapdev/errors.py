@@ -80,6 +80,12 @@ class InternalError(RequestRefused):
     code = "5.00"
 
 
+class BadGateway(RequestRefused):
+    """What the gateway relays to (a persistent handler) failed to answer properly."""
+
+    code = "5.02"
+
+
 class ServiceUnavailable(RequestRefused):
     code = "5.03"
 

@@ -221,8 +221,11 @@ def check_programs(config: GatewayConfig) -> None:
     if config.onboarding.button:
         commands.append(("onboarding.button[0]", "", config.onboarding.button))
     for i, res in enumerate(config.resources):
+        if res.handler is not None:
+            commands.append((f"resource[{i}].handler[0]", res.path_text, res.handler))
         for method, mc in res.methods:
-            commands.append((f"resource[{i}].{method.lower()}.run[0]", res.path_text, mc.argv))
+            if mc.argv:
+                commands.append((f"resource[{i}].{method.lower()}.run[0]", res.path_text, mc.argv))
         if res.observe is not None and res.observe.watch is not None:
             commands.append((f"resource[{i}].observe.watch[0]", res.path_text, res.observe.watch))
     for key, path, argv in commands:

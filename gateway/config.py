@@ -57,8 +57,13 @@ class InputMode(StrEnum):
     JSON = "json"  # CBOR and JSON payloads as JSON text; anything else verbatim
 
 
+#: Requests a persistent handler may hold unanswered, by default (``max_pending``).
+DEFAULT_MAX_PENDING = 64
+
+
 @dataclass(frozen=True)
 class MethodConfig:
+    #: The script to run; empty when the resource's handler answers the method.
     argv: tuple[str, ...]
     roles: frozenset[Role]
     timeout_s: float
@@ -91,6 +96,13 @@ class ResourceConfig:
     unit: str = ""
     device_class: str = ""
     value_key: str = ""
+    #: A long-running process that answers every method over its stdin and
+    #: stdout (docs/gateway.md, "Persistent handlers"), instead of a script per request.
+    handler: tuple[str, ...] | None = None
+    #: Requests the handler may hold unanswered; beyond, 5.03 with Max-Age.
+    max_pending: int = DEFAULT_MAX_PENDING
+    #: A GET answer is kept and served this long (with Max-Age and an ETag).
+    max_age_s: float | None = None
 
     @property
     def method_map(self) -> dict[str, MethodConfig]:
@@ -572,6 +584,9 @@ class _Reader:
                 "unit",
                 "device_class",
                 "value_key",
+                "handler",
+                "max_pending",
+                "max_age_s",
                 *METHODS,
             ),
         )
@@ -582,12 +597,25 @@ class _Reader:
         timeout_s = self.number(
             t.get("timeout_s", d.timeout_s), f"{key}.timeout_s", low=0.05, high=3600
         )
+        handler = self.argv(t["handler"], f"{key}.handler") if "handler" in t else None
+        if handler is None and "max_pending" in t:
+            raise self.error(f"{key}.max_pending", "bounds a handler's requests: needs handler")
+        if handler is not None and "concurrency" in t:
+            raise self.error(
+                f"{key}.concurrency",
+                "a handler takes up to max_pending requests at once; concurrency is for run",
+            )
         methods = []
         for method in METHODS:
             if method in t:
                 methods.append(
-                    (method.upper(), self.method(t[method], f"{key}.{method}", timeout_s))
+                    (
+                        method.upper(),
+                        self.method(t[method], f"{key}.{method}", timeout_s, handler is not None),
+                    )
                 )
+        if "max_age_s" in t and "GET" not in dict(methods):
+            raise self.error(f"{key}.max_age_s", "caches GET answers: needs get")
         observe = self.observe(t["observe"], f"{key}.observe") if "observe" in t else None
         if not methods and observe is None:
             raise self.error(key, "defines no method (get, put, post, delete) and no observe")
@@ -631,6 +659,13 @@ class _Reader:
             value_key=self.attribute(t["value_key"], f"{key}.value_key")
             if "value_key" in t
             else "",
+            handler=handler,
+            max_pending=self.integer(
+                t.get("max_pending", d.max_pending), f"{key}.max_pending", low=1, high=4096
+            ),
+            max_age_s=self.number(t["max_age_s"], f"{key}.max_age_s", low=1, high=86400)
+            if "max_age_s" in t
+            else None,
         )
 
     def typed(self, t: Mapping[str, Any], key: str, output: OutputFormat) -> ResourceKind | None:
@@ -719,13 +754,21 @@ class _Reader:
             raise self.error(key, f"{text!r} is reserved for a built-in resource")
         return segments
 
-    def method(self, value: Any, key: str, default_timeout_s: float) -> MethodConfig:
+    def method(
+        self, value: Any, key: str, default_timeout_s: float, handled: bool = False
+    ) -> MethodConfig:
         t = self.table(value, key)
         self.known(t, key, ("run", "roles", "timeout_s"))
-        if "run" not in t:
-            raise self.error(f"{key}.run", "missing: the command to run, as a list of arguments")
+        if handled and "run" in t:
+            raise self.error(f"{key}.run", "the resource's handler answers it: remove run")
+        if not handled and "run" not in t:
+            raise self.error(
+                f"{key}.run",
+                "missing: the command to run, as a list of arguments (or a handler for the "
+                "resource)",
+            )
         return MethodConfig(
-            argv=self.argv(t["run"], f"{key}.run"),
+            argv=self.argv(t["run"], f"{key}.run") if "run" in t else (),
             roles=self.roles(t.get("roles", ["admin", "user"]), f"{key}.roles"),
             timeout_s=self.number(
                 t.get("timeout_s", default_timeout_s), f"{key}.timeout_s", low=0.05, high=3600

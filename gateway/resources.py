@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from aiocoap import Code, Message
 from coapdev import authz, typed
 from coapdev.const import ContentFormat
 from coapdev.errors import (
+    BadGateway,
     BadRequest,
     GatewayTimeout,
     InternalError,
@@ -35,6 +37,7 @@ from coapdev.server.resources import (
 from coapdev.store import Principal
 
 from .config import InputMode, MethodConfig, OutputFormat, ResourceConfig
+from .handler import Answer, Handler
 from .runner import (
     ScriptFailure,
     base_environment,
@@ -51,12 +54,16 @@ _OUTPUT_FORMATS = {
     OutputFormat.CBOR: ContentFormat.CBOR,
     OutputFormat.OCTETS: ContentFormat.OCTET_STREAM,
 }
-_SUCCESS = {"GET": Code.CONTENT, "PUT": Code.CHANGED, "POST": Code.CREATED, "DELETE": Code.DELETED}
+_SUCCESS = {"GET": "2.05", "PUT": "2.04", "POST": "2.01", "DELETE": "2.02"}
+_SUCCESS_CODES = frozenset(_SUCCESS.values())
 #: Requests allowed to wait for a busy resource, per unit of concurrency;
 #: beyond it they are answered 5.03 with Max-Age.
 QUEUE_PER_SLOT = 8
 #: A watcher started for a GET keeps running this long after the last one.
 WATCH_KEEP_S = 30.0
+#: GET answers kept per resource with ``max_age_s`` (one per set of inputs);
+#: beyond, the oldest goes.  Each holds at most ``max_output_bytes``.
+CACHED_ANSWERS_PER_RESOURCE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +89,40 @@ class _ObservedState:
 
     inputs: ScriptInputs
     observers: int = 0
-    #: Latest output and when it was produced (monotonic).
-    latest: tuple[bytes, float] | None = None
+    #: Latest answer and when it was produced (monotonic).
+    latest: tuple[Answer, float] | None = None
     #: What these observers were last told (or served), to notify on change only.
-    last_notified: bytes | None = None
+    last_notified: Answer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A GET answer kept for ``max_age_s``, with the ETag of its content."""
+
+    payload: bytes
+    content_format: int | None
+    etag: bytes
+    expires: float  # monotonic
+
+    @classmethod
+    def of(cls, response: Message, expires: float) -> _Cached:
+        fmt = response.opt.content_format
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(b"%d:" % (-1 if fmt is None else int(fmt)))
+        digest.update(response.payload)
+        return cls(bytes(response.payload), fmt, digest.digest(), expires)
+
+    def answer(self, request: Message, now: float) -> Message:
+        """2.05 with the content, or 2.03 if the client holds this ETag; Max-Age what is left."""
+        if self.etag in request.opt.etags:
+            response = Message(code=Code.VALID)
+        else:
+            response = Message(
+                code=Code.CONTENT, payload=self.payload, content_format=self.content_format
+            )
+        response.opt.etag = self.etag
+        response.opt.max_age = max(0, int(self.expires - now))
+        return response
 
 
 #: The key under which a watch resource's single state is kept: the watcher
@@ -108,6 +145,27 @@ class ScriptResource(ObservableGuardedResource):
         self.config = config
         #: The scripts' working directory (never the state directory, which holds the keys).
         self.data_dir = data_dir or prepare_data_dir(state.store.directory)
+        #: The persistent handler answering every method, if the config names one.
+        self.handler: Handler | None = None
+        if config.handler is not None:
+            self.handler = Handler(
+                config.handler,
+                path=config.path_text,
+                env=self._environment("", None),
+                cwd=str(self.data_dir),
+                max_pending=config.max_pending,
+                max_output_bytes=config.max_output_bytes,
+            )
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # started by its first request
+            else:
+                self.handler.start()
+        #: GET answers kept for max_age_s, per set of inputs; and the count of
+        #: changes, so a GET that ran across a change does not keep its answer.
+        self._cache: dict[ScriptInputs, _Cached] = {}
+        self._changes = 0
         roles = {method: m.roles for method, m in config.methods}
         if config.observe is not None and config.observe.watch is not None:
             roles.setdefault("GET", frozenset().union(*roles.values()) or _all_roles())
@@ -121,10 +179,10 @@ class ScriptResource(ObservableGuardedResource):
         #: Observed state per set of inputs (or one, _WATCHED, for a watcher).
         self._observed: dict[Hashable, _ObservedState] = {}
         #: GET runs in progress per set of inputs, shared by concurrent GETs.
-        self._in_flight: dict[ScriptInputs, asyncio.Task[bytes]] = {}
+        self._in_flight: dict[ScriptInputs, asyncio.Task[Answer]] = {}
         self._observer_task: asyncio.Task[None] | None = None
         #: The watcher's latest line, and when it came (monotonic); set once it has one.
-        self._watched: tuple[bytes, float] | None = None
+        self._watched: tuple[Answer, float] | None = None
         self._watched_event = asyncio.Event()
         self._watch_waiters = 0
         self._watch_wanted_until = 0.0
@@ -201,6 +259,12 @@ class ScriptResource(ObservableGuardedResource):
         if "GET" not in self.config.method_map:
             return await self._watched_state(request)
         inputs = self.inputs(request, who)
+        max_age_s = self.config.max_age_s
+        plain = request.opt.observe is None  # notifications come from the observed state
+        if max_age_s is not None and plain:
+            cached = self._cache.get(inputs)
+            if cached is not None and cached.expires > time.monotonic():
+                return cached.answer(request, time.monotonic())
         observed = self._observed.get(inputs)
         observe = self.config.observe
         if observed is not None and observed.latest is not None and observe is not None:
@@ -209,12 +273,30 @@ class ScriptResource(ObservableGuardedResource):
             if time.monotonic() - when <= fresh_for:
                 observed.last_notified = output
                 return self._response(request, output, "GET")
+        changes = self._changes
         output = await self._shared_get(inputs)
         observed = self._observed.get(inputs)
         if observed is not None:
             observed.latest = (output, time.monotonic())
             observed.last_notified = output
-        return self._response(request, output, "GET")
+        response = self._response(request, output, "GET")
+        if max_age_s is None or response.code != Code.CONTENT:
+            return response
+        now = time.monotonic()
+        cached = _Cached.of(response, now + max_age_s)
+        if changes == self._changes:  # no change ran meanwhile: the answer is current
+            self._keep(inputs, cached)
+        return cached.answer(request, now) if plain else response
+
+    def _keep(self, inputs: ScriptInputs, cached: _Cached) -> None:
+        self._cache.pop(inputs, None)
+        if len(self._cache) >= CACHED_ANSWERS_PER_RESOURCE:
+            now = time.monotonic()
+            for key in [k for k, c in self._cache.items() if c.expires <= now]:
+                del self._cache[key]
+            if len(self._cache) >= CACHED_ANSWERS_PER_RESOURCE:
+                del self._cache[next(iter(self._cache))]  # the oldest
+        self._cache[inputs] = cached
 
     async def render_put(self, request: Message, who: Principal) -> Message:
         return await self._change("PUT", request, who)
@@ -231,27 +313,32 @@ class ScriptResource(ObservableGuardedResource):
         return await super().render_admitted(request, principal)
 
     async def _change(self, method: str, request: Message, who: Principal) -> Message:
-        output = await self._run(method, self.inputs(request, who))
+        try:
+            output = await self._run(method, self.inputs(request, who))
+        finally:
+            # Whatever the outcome, the state may have changed: cached GETs are stale.
+            self._changes += 1
+            self._cache.clear()
         observe = self.config.observe
         if self._observed and observe is not None and observe.interval_s is not None:
             # Observers hear of the change now rather than at the next poll.
             for observed in self._observed.values():
                 observed.latest = None
             asyncio.get_running_loop().create_task(self._refresh_all())
-        if not output:
-            return Message(code=_SUCCESS[method])
+        if not output.payload and output.code in _SUCCESS_CODES:
+            return Message(code=_code(output.code))
         return self._response(request, output, method)
 
     # --- running ---------------------------------------------------------------------
 
-    async def _shared_get(self, inputs: ScriptInputs) -> bytes:
+    async def _shared_get(self, inputs: ScriptInputs) -> Answer:
         """The GET script's output for ``inputs``; concurrent callers share one run."""
         task = self._in_flight.get(inputs)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._run("GET", inputs))
             self._in_flight[inputs] = task
 
-            def finished(done: asyncio.Task[bytes]) -> None:
+            def finished(done: asyncio.Task[Answer]) -> None:
                 if self._in_flight.get(inputs) is done:
                     del self._in_flight[inputs]
                 if not done.cancelled():
@@ -260,8 +347,10 @@ class ScriptResource(ObservableGuardedResource):
             task.add_done_callback(finished)
         return await asyncio.shield(task)
 
-    async def _run(self, method: str, inputs: ScriptInputs) -> bytes:
+    async def _run(self, method: str, inputs: ScriptInputs) -> Answer:
         mc = self.config.method_map[method]
+        if self.handler is not None:
+            return await self._ask_handler(self.handler, mc, method, inputs)
         if self._waiting >= QUEUE_PER_SLOT * self.config.concurrency:
             raise ServiceUnavailable(f"{self.config.path_text} is busy; try again", retry_after_s=1)
         self._waiting += 1
@@ -276,9 +365,34 @@ class ScriptResource(ObservableGuardedResource):
         finally:
             self._waiting -= 1
         try:
-            return await self._run_now(mc, method, inputs)
+            return Answer(_SUCCESS[method], None, await self._run_now(mc, method, inputs))
         finally:
             self._slots.release()
+
+    async def _ask_handler(
+        self, handler: Handler, mc: MethodConfig, method: str, inputs: ScriptInputs
+    ) -> Answer:
+        payload = inputs.payload
+        if len(payload) > self.config.max_input_bytes:
+            raise PayloadTooLarge(f"payload over {self.config.max_input_bytes} bytes")
+        fields = {
+            "method": method,
+            "path": self.config.path_text,
+            "query": list(inputs.query),
+            "client": {
+                "id": inputs.client_id,
+                "name": inputs.client_name,
+                "role": inputs.client_role,
+            },
+            "content_format": inputs.content_format,
+            "accept": inputs.accept,
+        }
+        stdin = self._script_input(payload, inputs.content_format)
+        try:
+            return await handler.ask(fields, stdin, mc.timeout_s)
+        except (GatewayTimeout, BadGateway) as refusal:
+            log.warning("%s %s: %s", method, self.config.path_text, refusal)
+            raise
 
     async def _run_now(self, mc: MethodConfig, method: str, inputs: ScriptInputs) -> bytes:
         payload = inputs.payload
@@ -336,10 +450,23 @@ class ScriptResource(ObservableGuardedResource):
         # Names are validated printable at onboarding; be sure nothing odd slips in.
         return {k: v.replace("\x00", "") for k, v in env.items()}
 
-    def _response(self, request: Message, output: bytes, method: str) -> Message:
-        fmt = _OUTPUT_FORMATS[self.config.output]
+    def _response(self, request: Message, answer: Answer, method: str) -> Message:
+        code = _code(answer.code)
+        if not code.is_successful():  # a handler's refusal, passed on as it gave it
+            fmt = answer.content_format
+            if fmt is None and answer.payload:
+                fmt = ContentFormat.TEXT
+            return Message(code=code, payload=answer.payload, content_format=fmt)
         accept = request.opt.accept
-        payload = output
+        payload = answer.payload
+        if answer.content_format is not None:
+            if accept is not None and accept != answer.content_format:
+                raise NotAcceptable(
+                    f"{self.config.path_text} answered in content format {answer.content_format}"
+                )
+            return Message(code=code, payload=payload, content_format=answer.content_format)
+        fmt = _OUTPUT_FORMATS[self.config.output]
+        output = payload
         if self.config.output is OutputFormat.JSON:
             try:
                 value = json.loads(output.decode("utf-8")) if output.strip() else None
@@ -351,7 +478,7 @@ class ScriptResource(ObservableGuardedResource):
                 payload, fmt = cbor2.dumps(value), ContentFormat.CBOR
         if accept is not None and accept != fmt:
             raise NotAcceptable(f"{self.config.path_text} answers in content format {int(fmt)}")
-        return Message(code=_SUCCESS[method], payload=payload, content_format=fmt)
+        return Message(code=code, payload=payload, content_format=fmt)
 
     # --- background observation work -----------------------------------------------------
 
@@ -400,6 +527,7 @@ class ScriptResource(ObservableGuardedResource):
         # refreshes racing each other (a poll and a PUT's) notify once.
         if output != observed.last_notified:
             observed.last_notified = output
+            self._cache.pop(observed.inputs, None)  # plain GETs: no older answer than observers'
             self.notify(key)
 
     async def _watch(self, argv: tuple[str, ...]) -> None:
@@ -413,7 +541,8 @@ class ScriptResource(ObservableGuardedResource):
             max_line_bytes=self.config.max_output_bytes,
         )
 
-    def _new_watched_state(self, state: bytes) -> None:
+    def _new_watched_state(self, line: bytes) -> None:
+        state = Answer("2.05", None, line)
         self._watched = (state, time.monotonic())
         self._watched_event.set()
         observed = self._observed.get(_WATCHED)
@@ -477,6 +606,8 @@ class ScriptResource(ObservableGuardedResource):
     def retire(self) -> None:
         """Stop background work; observers get a final 5.03 and re-register."""
         self._retired = True
+        if self.handler is not None:
+            self.handler.stop()
         if self._observer_task is not None:
             self._observer_task.cancel()
             self._observer_task = None
@@ -487,6 +618,12 @@ def _all_roles() -> frozenset:
     from coapdev.const import Role
 
     return frozenset(Role)
+
+
+def _code(text: str) -> Code:
+    """ "2.05" as aiocoap's Code."""
+    cls, detail = text.split(".")
+    return Code(int(cls) * 32 + int(detail))
 
 
 def _format_number(value: Any) -> str:

@@ -208,11 +208,13 @@ class _Protocol(asyncio.SubprocessProtocol):
         self,
         max_stdout_bytes: int,
         on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.max_stdout_bytes = max_stdout_bytes
         self.on_stdout = on_stdout
+        self.on_stderr = on_stderr
         self.too_large = asyncio.Event()
         self.exited = asyncio.Event()
         self.outputs_closed = asyncio.Event()
@@ -230,6 +232,9 @@ class _Protocol(asyncio.SubprocessProtocol):
                 return
             self.stdout.extend(data)
         elif fd == 2:
+            if self.on_stderr is not None:
+                self.on_stderr(data)
+                return
             room = STDERR_KEEP_BYTES - len(self.stderr)
             if room > 0:
                 self.stderr.extend(data[:room])
@@ -390,15 +395,52 @@ class LineProcess:
         env: Mapping[str, str],
         cwd: str | None,
         max_line_bytes: int,
+        stdin: bool = False,
+        on_running: Callable[[LineProcess], None] | None = None,
+        on_stderr_line: Callable[[bytes], None] | None = None,
     ) -> None:
         self.argv = tuple(argv)
         self.on_line = on_line
         self.env = env
         self.cwd = cwd
         self.max_line_bytes = max_line_bytes
+        #: Whether the command reads from the gateway (:meth:`write`); else /dev/null.
+        self.stdin = stdin
+        self.on_running = on_running
+        #: Gets each line the command writes on stderr (cut at STDERR_KEEP_BYTES); else discarded.
+        self.on_stderr_line = on_stderr_line
+        self._stderr_partial = bytearray()
         self.overlong = False
         self._partial = bytearray()
         self._started: _Started | None = None
+
+    @property
+    def running(self) -> bool:
+        started = self._started
+        return started is not None and not started.protocol.exited.is_set()
+
+    def write(self, data: bytes) -> bool:
+        """Send ``data`` to the command's stdin; False if it is not running (or has none)."""
+        if not self.running:
+            return False
+        assert self._started is not None
+        pipe = self._started.transport.get_pipe_transport(0)
+        if pipe is None or pipe.is_closing():
+            return False
+        pipe.write(data)  # type: ignore[attr-defined]
+        return True
+
+    def pending_input_bytes(self) -> int:
+        """Bytes written to the command's stdin that it has not read yet (beyond the pipe)."""
+        if self._started is None:
+            return 0
+        pipe = self._started.transport.get_pipe_transport(0)
+        return 0 if pipe is None else pipe.get_write_buffer_size()  # type: ignore[attr-defined]
+
+    def kill(self) -> None:
+        """End the command and its whole tree now (:meth:`run` then returns)."""
+        if self._started is not None:
+            kill_tree(self._started.pid, self._started.tag)
 
     def _data(self, data: bytes) -> None:
         if self.overlong:
@@ -415,16 +457,31 @@ class LineProcess:
                 return
         self.overlong = True
         self._partial.clear()
-        if self._started is not None:
-            kill_tree(self._started.pid, self._started.tag)
+        self.kill()
+
+    def _stderr(self, data: bytes) -> None:
+        assert self.on_stderr_line is not None
+        self._stderr_partial.extend(data)
+        while (end := self._stderr_partial.find(b"\n")) >= 0 or (
+            len(self._stderr_partial) > STDERR_KEEP_BYTES
+        ):
+            cut = end if end >= 0 else STDERR_KEEP_BYTES
+            line = bytes(self._stderr_partial[:cut]).rstrip(b"\r")
+            del self._stderr_partial[: cut + 1 if end >= 0 else cut]
+            self.on_stderr_line(line[:STDERR_KEEP_BYTES])
 
     async def run(self) -> int | None:
         """Run until the command exits (or is cancelled); its exit status."""
-        protocol = _Protocol(0, on_stdout=self._data)
+        with_stderr = self.on_stderr_line is not None
+        protocol = _Protocol(
+            0, on_stdout=self._data, on_stderr=self._stderr if with_stderr else None
+        )
         self._started = await _start(
-            self.argv, protocol, env=self.env, cwd=self.cwd, stdin=False, stderr=False
+            self.argv, protocol, env=self.env, cwd=self.cwd, stdin=self.stdin, stderr=with_stderr
         )
         try:
+            if self.on_running is not None:
+                self.on_running(self)
             await protocol.exited.wait()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(EXIT_GRACE_S):
@@ -444,31 +501,57 @@ async def supervise_lines(
     cwd: str | None,
     max_line_bytes: int,
     backoff_s: tuple[float, float] = (0.5, 30.0),
-    on_start: Callable[[], None] | None = None,
+    stdin: bool = False,
+    on_start: Callable[[LineProcess], None] | None = None,
+    on_exit: Callable[[str, float], None] | None = None,
+    on_stderr_line: Callable[[bytes], None] | None = None,
 ) -> None:
     """Keep ``argv`` running (restarted with back-off) until cancelled.
 
     The back-off starts at ``backoff_s[0]``, doubles up to ``backoff_s[1]``
-    and starts over once the command ran for 30 s.
+    and starts over once the command ran for 30 s.  ``on_start`` gets each
+    process once it runs (to :meth:`LineProcess.write` to it, with
+    ``stdin``); ``on_exit`` is told why it ended and how long until the
+    next start.
     """
     first, most = backoff_s
     delay_s = first
     while True:
         started = time.monotonic()
-        process = LineProcess(argv, on_line, env=env, cwd=cwd, max_line_bytes=max_line_bytes)
+        process = LineProcess(
+            argv,
+            on_line,
+            env=env,
+            cwd=cwd,
+            max_line_bytes=max_line_bytes,
+            stdin=stdin,
+            on_running=on_start,
+            on_stderr_line=on_stderr_line,
+        )
         try:
-            if on_start is not None:
-                on_start()
             code = await process.run()
         except ScriptFailure as failure:
+            why = f"cannot start: {failure}"
             log.error("cannot start %s: %s", what, failure)
         else:
-            why = f"printed a line over {max_line_bytes} bytes" if process.overlong else code
+            why = (
+                f"printed a line over {max_line_bytes} bytes"
+                if process.overlong
+                else _exit_reason(code)
+            )
             log.warning("%s exited (%s); restarting in %.1f s", what, why, delay_s)
         if time.monotonic() - started > 30:
             delay_s = first
+        if on_exit is not None:
+            on_exit(why, delay_s)
         await asyncio.sleep(delay_s)
         delay_s = min(delay_s * 2, most)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "status unknown"
+    return f"killed by signal {-code}" if code < 0 else f"status {code}"
 
 
 def base_environment(data_dir: Path) -> dict[str, str]:

@@ -95,6 +95,8 @@ static struct {
     int content_format; /* -1: none */
     int with_request;   /* handshake mode: one request per session */
     int no_close_notify;  /* end sessions by dropping them, without close_notify */
+    int query_per_client; /* add Uri-Query "c=<client index>": requests of different
+                             clients differ, so a server cannot share one answer */
     int source_port_base; /* bind client sockets to ports from this base ... */
     int source_ports;     /* ... cycling over this many (0: the kernel picks) */
     long max_samples;
@@ -309,6 +311,14 @@ static void encode_request(struct client *c) {
             *p++ = (unsigned char)(opt.content_format >> 8);
             *p++ = (unsigned char)opt.content_format;
         }
+        last = 12;
+    }
+    if (opt.query_per_client) {
+        char query[16];
+        int len = snprintf(query, sizeof query, "c=%d", c->idx);
+        *p++ = (unsigned char)((15 - last) << 4 | len); /* Uri-Query; len < 13 */
+        memcpy(p, query, len);
+        p += len;
     }
     if (opt.payload_len > 0) {
         *p++ = 0xff;
@@ -852,7 +862,8 @@ static void usage(void) {
           "  --setup-timeout S            give up setting up sessions after S seconds\n"
           "  --cipher LIST                OpenSSL cipher list (default PSK-AES128-CCM8)\n"
           "  --source-port-base B --source-ports K   bind clients to ports B..B+K-1, cycling\n"
-          "  --no-close-notify            end sessions without close_notify (just drop them)\n",
+          "  --no-close-notify            end sessions without close_notify (just drop them)\n"
+          "  --query-per-client           add Uri-Query c=N (N: the client index) to each request\n",
           stderr);
     exit(2);
 }
@@ -909,6 +920,7 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--cipher")) opt.cipher = ARG();
         else if (!strcmp(a, "--request")) opt.with_request = 1;
         else if (!strcmp(a, "--no-close-notify")) opt.no_close_notify = 1;
+        else if (!strcmp(a, "--query-per-client")) opt.query_per_client = 1;
         else if (!strcmp(a, "--source-port-base")) opt.source_port_base = atoi(ARG());
         else if (!strcmp(a, "--source-ports")) opt.source_ports = atoi(ARG());
         else if (!strcmp(a, "--max-samples")) opt.max_samples = atol(ARG());

@@ -130,6 +130,44 @@ def test_full_resource():
         ("[dtls]\nrequire_renegotiation = true", "dtls.require_renegotiation", "did you mean"),
         ("dtls = 1", "dtls", "expected a table"),
         ("this is not toml", "", "invalid TOML"),
+        ("[[resource]]\npath = '/a'\nhandler = 'a.py'\nget = {}", "resource[0].handler", "shell"),
+        (
+            "[[resource]]\npath = '/a'\nhandler = ['a']\nget = { run = ['b'] }",
+            "resource[0].get.run",
+            "handler answers it",
+        ),
+        ("[[resource]]\npath = '/a'\nget = {}", "resource[0].get.run", "or a handler"),
+        ("[[resource]]\npath = '/a'\nhandler = ['a']", "resource[0]", "no method"),
+        (
+            "[[resource]]\npath = '/a'\nhandler = ['a']\nget = {}\nmax_pending = 0",
+            "resource[0].max_pending",
+            "between 1 and 4096",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['a'] }\nmax_pending = 8",
+            "resource[0].max_pending",
+            "needs handler",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nhandler = ['a']\nget = {}\nconcurrency = 2",
+            "resource[0].concurrency",
+            "max_pending",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nput = { run = ['a'] }\nmax_age_s = 5",
+            "resource[0].max_age_s",
+            "needs get",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nget = { run = ['a'] }\nmax_age_s = '5'",
+            "resource[0].max_age_s",
+            "expected a number",
+        ),
+        (
+            "[[resource]]\npath = '/a'\nhandler = ['a']\nget = {}\nmax_pendng = 3",
+            "resource[0].max_pendng",
+            "did you mean 'max_pending'",
+        ),
     ],
 )
 def test_errors_name_file_key_and_expectation(text, key, problem):
@@ -139,6 +177,42 @@ def test_errors_name_file_key_and_expectation(text, key, problem):
     assert message.startswith("test.toml")
     assert info.value.key == key
     assert problem in message
+
+
+def test_a_handler_resource():
+    cfg = parse(
+        """
+        [[resource]]
+        path = "/kv"
+        handler = ["{python}", "{config_dir}/kv.py"]
+        max_pending = 16
+        max_age_s = 5
+        timeout_s = 2
+        get = {}
+        put = { roles = ["admin"], timeout_s = 1 }
+        """
+    )
+    r = cfg.resources[0]
+    assert r.handler == (sys.executable, "/etc/coapdev/kv.py")
+    assert r.max_pending == 16 and r.max_age_s == 5
+    assert r.method_map["GET"].argv == () and r.method_map["GET"].timeout_s == 2
+    assert r.method_map["PUT"].roles == {Role.ADMIN} and r.method_map["PUT"].timeout_s == 1
+    plain = parse("[[resource]]\npath = '/a'\nget = { run = ['a'] }").resources[0]
+    assert plain.handler is None and plain.max_age_s is None and plain.max_pending == 64
+
+
+def test_check_names_a_missing_handler(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text("[[resource]]\npath = '/kv'\nhandler = ['/nonexistent/kv.py']\nget = {}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "--check", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "resource[0].handler[0]: /nonexistent/kv.py: no such file" in proc.stderr
 
 
 def test_braces_other_than_placeholders_stay_literal():

@@ -46,7 +46,7 @@ def test_quick_bench_runs_clean_and_prints_the_table_and_targets(tmp_path):
     # every target is printed with its verdict
     assert "Targets (coapdev" in out
     verdicts = [line for line in out.splitlines() if line.startswith(("  PASS  ", "  MISS  "))]
-    assert len(verdicts) == 15, "\n".join(verdicts)
+    assert len(verdicts) == 19, "\n".join(verdicts)
     for target in (
         ">= 16 000 DTLS GET/s at 32 clients",
         ">= 5 000 full handshakes/s",

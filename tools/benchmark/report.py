@@ -146,6 +146,23 @@ def script_cell(level: int) -> Callable[[dict, str], str]:
     return cell
 
 
+def floor_cell(r: dict, s: str) -> str:
+    """The bare asyncio spawn loop (not a server: shown under coapdev, which it floors)."""
+    if s != "coapdev":
+        return "-"
+    levels = r.get("spawn_floor") or {}
+    values = [median(field(levels.get(str(n)) or [], "rate")) for n in sorted(map(int, levels))]
+    return " / ".join(num(v, "rate") for v in values) if values else "-"
+
+
+def handler_cell(r: dict, s: str) -> str:
+    items = runs(r, s, "handler", "32")
+    if not items:
+        return "-"
+    rate = num(median(field(items, "rate")), "rate")
+    return f"{rate}, {num(median(field(items, 'latency_ms', 'p99')))}"
+
+
 def handshake_rate(variant: str) -> Callable[[dict, str], str]:
     def cell(r: dict, s: str) -> str:
         items = runs(r, s, variant)
@@ -281,6 +298,8 @@ def rows(results: dict) -> list[Row]:
         Row("  p99 ms / timeouts, 256 clients", timeouts_256),
         Row("script GET/s, p99 ms, 1 client", script_cell(1)),
         Row("script GET/s, p99 ms, 8 clients", script_cell(8)),
+        Row("  floor: asyncio spawns/s, 1 / 8", floor_cell),
+        Row("handler GET/s, p99 ms, 32 clients", handler_cell),
         Row("handshakes/s, close_notify at end", handshake_rate("handshake")),
         Row("  p50 / p99 ms", handshake_latency("handshake")),
         Row("handshakes/s, sessions just dropped", handshake_rate("handshake_dropped")),
@@ -293,7 +312,8 @@ def rows(results: dict) -> list[Row]:
         Row("RSS MiB idle", rss("rss_idle_kib")),
         Row("RSS MiB after GET runs", rss("rss_after_get_kib")),
         Row("RSS MiB after handshakes (c_n/drop)", rss_pair("handshake")),
-        Row("RSS MiB after the script runs (last)", rss("rss_after_script_kib")),
+        Row("RSS MiB after the script runs", rss("rss_after_script_kib")),
+        Row("RSS MiB after the handler runs (last)", rss("rss_after_handler_kib")),
         Row(f"RSS MiB, {hold_n} live sessions", hold_cell("coapdev")),
         Row(f"sustained {sustained_text(results)}: GET/s", sustained("rate")),
         Row("  p99 ms / longest pause ms", sustained("latency")),
@@ -373,6 +393,10 @@ def key_numbers(r: dict) -> dict[str, float | None]:
             field(runs(r, f"coapdev-{stored}", "get", "32"), "server_cpu_us_per_op")
         ),
         "cold_start": median(dig(r, "servers", "coapdev", "cold_start_s") or []),
+        "script8": median(field(runs(r, "coapdev", "script", "8"), "rate")),
+        "floor8": median(field(dig(r, "spawn_floor", "8") or [], "rate")),
+        "handler32": median(field(runs(r, "coapdev", "handler", "32"), "rate")),
+        "rss_after_script": dig(r, "servers", "coapdev", "rss_after_script_kib"),
         "help": median(r.get("help_s") or []),
     }
 
@@ -541,6 +565,48 @@ def targets(r: dict) -> list[Target]:
             f"{num(k['cold_start'])} s",
         ),
         t("coapdev --help <= 0.3 s", k["help"], 0.3, False, f"{num(k['help'])} s"),
+        *script_targets(k),
+    ]
+
+
+def script_targets(k: dict) -> list[Target]:
+    """Script resources at device speed: scripts against the spawn floor, the persistent
+    handler against the built-in /light, and what the script runs leave in memory."""
+    floor = ratio(k["script8"], k["floor8"])
+    handler = ratio(k["handler32"], k["get32"])
+    rss_growth = None
+    if k["rss_after_script"] is not None and k["rss_idle"] is not None:
+        rss_growth = (k["rss_after_script"] - k["rss_idle"]) / 1024
+    return [
+        Target(
+            "script GET/s >= 90 % of a bare asyncio spawn loop (8 at once)",
+            floor,
+            0.9,
+            True,
+            f"{floor or 0:.0%} ({num(k['script8'], 'int')} against {num(k['floor8'], 'int')}/s)",
+        ),
+        Target(
+            ">= 10 000 handler GET/s at 32 clients",
+            k["handler32"],
+            10_000,
+            True,
+            num(k["handler32"], "int"),
+        ),
+        Target(
+            "handler GET/s >= 50 % of the built-in /light (32 clients, same run)",
+            handler,
+            0.5,
+            True,
+            f"{handler or 0:.0%} ({num(k['handler32'], 'int')} against {num(k['get32'], 'int')}/s)",
+        ),
+        Target(
+            "RSS after the script runs <= idle + 8 MiB",
+            rss_growth,
+            8,
+            False,
+            f"+{num(rss_growth)} MiB ({num(k['rss_idle'], 'mib')} -> "
+            f"{num(k['rss_after_script'], 'mib')} MiB)",
+        ),
     ]
 
 

@@ -2,7 +2,8 @@
 
 - ``coapdev``: the gateway (``python -m gateway``) with tools/bench-gateway.toml:
   GET /light is the built-in demo light (CBOR ``{"on": false}``, 5 bytes),
-  GET /script runs ``/bin/echo hi``.
+  GET /script runs ``/bin/echo hi``, GET /handler asks a persistent handler
+  (benchmark/handler.py) for the same 5 bytes as /light.
 - ``aiocoap``: aiocoap's stock DTLS server (``tinydtls_server``), GET /light
   answering the same 5 bytes (benchmark/stock_aiocoap_server.py).
 - ``libcoap``: libcoap's ``coap-server-openssl`` with a PSK; /light is created
@@ -62,6 +63,17 @@ class Server:
 
 def python() -> str:
     return sys.executable
+
+
+def script_argv() -> list[str]:
+    """The command GET /script runs, as the bench config gives it."""
+    import tomllib
+
+    config = tomllib.loads(BENCH_CONFIG.read_text())
+    for resource in config.get("resource", []):
+        if resource.get("path") == "/script":
+            return list(resource["get"]["run"])
+    raise StartError(f"{BENCH_CONFIG}: no /script resource")
 
 
 # --- references -------------------------------------------------------------------------

@@ -240,9 +240,11 @@ class Bench:
         duration_s: float | None = None,
         mode: str = "coap",
         sample_every_s: float | None = None,
+        query_per_client: bool = False,
     ) -> Run:
         duration = duration_s or self.s.duration_s
         options: dict[str, Any] = {
+            "query_per_client": query_per_client,
             "host": HOST,
             "port": server.port,
             "clients": clients,
@@ -267,14 +269,23 @@ class Bench:
         duration_s: float | None = None,
         mode: str = "coap",
         label: str | None = None,
+        query_per_client: bool = False,
     ) -> None:
-        store = self.server_results(key).setdefault("script" if path == "script" else "get", {})
+        kind = path if path in ("script", "handler") else "get"
+        store = self.server_results(key).setdefault(kind, {})
         for clients in levels:
             runs = []
             what = "udp echo" if mode == "udp" else f"GET /{path}"
             for i in range(self.s.runs):
                 name = f"{label or key} {what}, {clients} clients, run {i + 1}"
-                run = self.requests(server, clients, path=path, duration_s=duration_s, mode=mode)
+                run = self.requests(
+                    server,
+                    clients,
+                    path=path,
+                    duration_s=duration_s,
+                    mode=mode,
+                    query_per_client=query_per_client,
+                )
                 self.check(name, run, clients=clients, mode=mode)
                 r = run.result
                 self.say(
@@ -475,14 +486,58 @@ class Bench:
                 self.s.script_concurrency,
                 path="script",
                 duration_s=self.s.script_duration_s,
+                query_per_client=True,  # equal GETs would share one run: count real runs
             )
             out["rss_after_script_kib"] = server.proc.rss_kib()
+            # A persistent handler: one process answers every GET.  Each client asks with
+            # its own query (c=N), so no two requests are equal and none share an answer.
+            self.request_series(
+                server,
+                "coapdev",
+                (32,),
+                path="handler",
+                duration_s=self.s.script_duration_s,
+                query_per_client=True,
+            )
+            out["rss_after_handler_kib"] = server.proc.rss_kib()
         except LoadgenError as exc:
             self.error(f"coapdev: {exc}")
         finally:
             server.stop()
         if server.credentials is not None:
             out["cold_start_s"] = self.cold_starts(state, server)
+
+    def spawn_floor(self) -> None:
+        """What a bare asyncio loop gets spawning the same command as /script: the floor
+        script-backed GETs are measured against."""
+        argv = servers.script_argv()
+        out = self.results.setdefault("spawn_floor", {})
+        for concurrency in self.s.script_concurrency:
+            runs = []
+            for i in range(self.s.runs):
+                self.quiet()
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        str(servers.HERE / "spawn_floor.py"),
+                        str(concurrency),
+                        str(self.s.script_duration_s),
+                        *argv,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=self.s.script_duration_s + 60,
+                )
+                if proc.returncode != 0:
+                    self.error(f"spawn floor failed: {proc.stderr.strip()[-500:]}")
+                    return
+                result = json.loads(proc.stdout)
+                self.say(
+                    f"bare asyncio spawn loop ({' '.join(argv)}), {concurrency} at once, "
+                    f"run {i + 1}: {result['rate']:.0f}/s"
+                )
+                runs.append(result)
+            out[str(concurrency)] = runs
 
     def onboarding(self, server: Server, label: str, count: int | None = None) -> list[dict]:
         """Full handshake with the factory key + POST /onboard + answer, one after another."""
@@ -689,6 +744,7 @@ class Bench:
         steps = [
             self.generator_ceiling,
             self.python_echo,
+            self.spawn_floor,
             lambda: self.reference("libcoap"),
             lambda: self.reference("aiocoap"),
             self.coapdev_main,

@@ -1,0 +1,111 @@
+"""The handler line protocol without processes: the gateway's side (gateway.handler)
+and the helper for handler authors (coapdev.handler) agree, and bad lines are refused."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+
+from coapdev import handler as helper
+from gateway.handler import Answer, ProtocolError, encode_request, max_line_bytes, parse_answer
+
+FIELDS = {
+    "method": "PUT",
+    "path": "/kv",
+    "query": ["key=a b", "x"],
+    "client": {"id": "c1", "name": "alice\nnewline", "role": "admin"},
+    "content_format": 42,
+    "accept": None,
+}
+
+
+def test_a_request_line_is_one_line_of_ascii_whatever_the_payload():
+    payload = bytes(range(256)) + b"\n\r\x00"
+    line = encode_request(7, FIELDS, payload)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+    request = helper.Request.from_line(line)
+    assert request.id == 7 and request.method == "PUT" and request.payload == payload
+    assert request.query == ("key=a b", "x") and request.arg("key") == "a b"
+    assert request.arg("x") == "" and request.arg("y", "none") == "none"
+    assert (request.client_name, request.client_role, request.content_format) == (
+        "alice\nnewline",
+        "admin",
+        42,
+    )
+
+
+def test_the_helper_answers_in_order_and_a_failing_callback_answers_5_00(capsys):
+    lines = b"".join(
+        encode_request(i, dict(FIELDS, method=m), b"p%d" % i)
+        for i, m in ((1, "GET"), (2, "PUT"), (3, "GET"))
+    )
+
+    def callback(request: helper.Request):
+        if request.id == 3:
+            raise ValueError("boom")
+        return request.payload.upper()
+
+    out = io.BytesIO()
+    helper.serve(callback, stdin=io.BytesIO(lines), stdout=out)
+    answers = [parse_answer(line) for line in out.getvalue().splitlines()]
+    assert answers[0] == (1, Answer("2.05", None, b"P1"))
+    assert answers[1] == (2, Answer("2.04", None, b"P2"))
+    assert answers[2][0] == 3 and answers[2][1].code == "5.00"
+    assert "ValueError: boom" in capsys.readouterr().err  # the traceback goes to stderr only
+
+
+def test_a_router_with_async_routes():
+    app = helper.Router()
+
+    @app.route("GET")
+    async def read(request):
+        return helper.Response(b"x", content_format=60)
+
+    out = io.BytesIO()
+    lines = encode_request(1, dict(FIELDS, method="GET"), b"") + encode_request(
+        2, dict(FIELDS, method="DELETE"), b""
+    )
+    app.serve(stdin=io.BytesIO(lines), stdout=out)
+    answers = dict(parse_answer(line) for line in out.getvalue().splitlines())
+    assert answers == {1: Answer("2.05", 60, b"x"), 2: Answer("4.05", None, answers[2].payload)}
+
+
+@pytest.mark.parametrize(
+    "line, problem, names_id",
+    [
+        (b"hello", "not a JSON object", False),
+        (b"[1, 2]", "not a JSON object", False),
+        (b"\xff\xfe", "not a JSON object", False),
+        (b'{"code": "2.05"}', "without an integer id", False),
+        (b'{"id": true}', "without an integer id", False),
+        (b'{"id": "1"}', "without an integer id", False),
+        (b'{"id": 1, "code": "9.99"}', "invalid code", True),
+        (b'{"id": 1, "code": "2.03"}', "invalid code", True),  # Valid is the gateway's to give
+        (b'{"id": 1, "code": 205}', "invalid code", True),
+        (b'{"id": 1, "content_format": -1}', "invalid content_format", True),
+        (b'{"id": 1, "content_format": "text"}', "invalid content_format", True),
+        (b'{"id": 1, "payload": "***"}', "not base64", True),
+        (b'{"id": 1, "payload": 12}', "not base64", True),
+    ],
+)
+def test_bad_answers_are_refused_with_what_is_wrong(line, problem, names_id):
+    with pytest.raises(ProtocolError, match=problem) as info:
+        parse_answer(line)
+    assert (info.value.request_id == 1) is names_id
+
+
+def test_an_answer_line_for_the_largest_payload_fits_the_line_limit():
+    payload = b"\xff" * 65536
+    line = json.dumps(
+        {
+            "id": 2**53,
+            "code": "2.05",
+            "content_format": 65535,
+            "payload": base64.b64encode(payload).decode(),
+        }
+    ).encode()
+    assert len(line) <= max_line_bytes(len(payload))
+    assert parse_answer(line) == (2**53, Answer("2.05", 65535, payload))
