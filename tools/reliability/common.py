@@ -40,6 +40,20 @@ def open_fds(pid: int) -> int:
         return 0
 
 
+def resident_fds(pid: int, window_s: float = 1.0, samples: int = 20) -> int:
+    """The fds a process holds throughout a short window: the fewest seen.
+
+    A script run holds its pipes (and a pidfd) for a few milliseconds, so one
+    sample taken while a script or an Observe tick runs counts fds that are
+    about to close. A leak is an fd that never closes, so it is in every sample.
+    """
+    fewest = open_fds(pid)
+    for _ in range(max(samples - 1, 0)):
+        time.sleep(window_s / max(samples - 1, 1))
+        fewest = min(fewest, open_fds(pid))
+    return fewest
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -163,6 +177,9 @@ class GatewayProcess:
 
     def open_fds(self) -> int:
         return open_fds(self.pid) if self.proc is not None else 0
+
+    def resident_fds(self) -> int:
+        return resident_fds(self.pid) if self.proc is not None else 0
 
     def stop(self) -> int | None:
         proc, self.proc = self.proc, None

@@ -528,7 +528,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         legit.start()
         time.sleep(1.0)  # the legit client is up; the gateway has warmed up
         rss_before = gw.rss_kib()
-        fds_before = gw.open_fds()
+        fds_before = gw.resident_fds()
         fuzzer = Fuzzer(gw, rng, user, key)
         started = time.monotonic()
         last_sample = 0.0
@@ -553,7 +553,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fuzzer.stats.crashes += 1
             crashed_log = gw.log()[-4000:]
         rss_after = gw.rss_kib() if alive else 0
-        fds_after = gw.open_fds() if alive else 0
+        fds_after = gw.resident_fds() if alive else 0
         legit.stop()
         legit.join(timeout=20)
         answers = False
