@@ -99,7 +99,6 @@ def test_dtlssocket_refuses_a_stored_key_longer_than_its_buffer(key_bytes):
     a 64-byte key crashed the server); here the handshake fails with an alert."""
     import subprocess
 
-    sys.path.insert(0, str(REPO / "tools"))
     from reliability.dtls12 import AlertReceived, Dtls12PskClient
 
     server = subprocess.Popen(

@@ -12,16 +12,10 @@ import asyncio
 import os
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import REPO
-
-from coapdev.client import Client, onboard
-
-sys.path.insert(0, str(REPO / "tools"))
 from reliability.dtls12 import (
     ALERT_CLOSE_NOTIFY,
     ALERT_FATAL,
@@ -31,6 +25,8 @@ from reliability.dtls12 import (
     Dtls12PskClient,
     plaintext_alert,
 )
+
+from coapdev.client import Client, onboard
 
 pytestmark = pytest.mark.e2e
 

@@ -11,20 +11,16 @@ import asyncio
 import contextlib
 import selectors
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import REPO
+from reliability.common import open_fds, rss_kib
+from reliability.dtlsclient import RawDtlsClient
 
 from coapdev.client import Client, Credentials, DeviceAddress, onboard
 from coapdev.const import FACTORY_IDENTITY
 from coapdev.errors import RequestFailed
-
-sys.path.insert(0, str(REPO / "tools"))
-from reliability.common import open_fds, rss_kib
-from reliability.dtlsclient import RawDtlsClient
 
 pytestmark = pytest.mark.e2e
 

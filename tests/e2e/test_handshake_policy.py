@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from support import REPO
-
-from coapdev.audit import read_audit
-from coapdev.client import onboard
-
-sys.path.insert(0, str(REPO / "tools"))
 from reliability.dtls12 import (
     ALERT_FATAL,
     ALERT_HANDSHAKE_FAILURE,
@@ -27,6 +20,9 @@ from reliability.dtls12 import (
     HelloOptions,
 )
 from reliability.dtls12 import Dtls12PskClient as Client12
+
+from coapdev.audit import read_audit
+from coapdev.client import onboard
 
 pytestmark = pytest.mark.e2e
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 import time
 
 import pytest
 from aiocoap import Code, Message
-from support import REPO
 
 from coapdev.client import Client, onboard
 from coapdev.const import FACTORY_IDENTITY
@@ -151,7 +149,6 @@ def test_a_request_flood_writes_a_bounded_number_of_log_lines(gateway_factory, t
 def test_a_block1_that_does_not_continue_the_upload_is_4_08_without_traceback(gateway):
     """Found by tools/fuzz --mode grammar: block 0 of 16 bytes, then block 1 claiming 32-byte
     blocks made aiocoap raise ValueError: 5.00 and a traceback, for any identity."""
-    sys.path.insert(0, str(REPO / "tools"))
     from reliability import coapgrammar as g
     from reliability.dtlsclient import RawDtlsClient
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import random
-import sys
 
 import pytest
-from support import REPO
-
-sys.path.insert(0, str(REPO / "tools"))
 from reliability import coapgrammar as grammar
 from reliability import handshake as hs
 from reliability.dtlsclient import RawDtlsClient

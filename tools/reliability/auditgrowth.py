@@ -85,7 +85,7 @@ async def _rekeys(gw: GatewayProcess, key: str, seconds: float) -> collections.C
 def measure(seconds: float) -> dict[str, object]:
     results: dict[str, object] = {"seconds_each": seconds}
     for name, flood, closed in (("knock", _knock, True), ("rekey", _rekeys, False)):
-        gw = GatewayProcess(CONFIG).start()
+        gw = GatewayProcess.from_config_text(CONFIG, log_level="warning").start()
         try:
             key = gw.factory_key()
             if closed:

@@ -49,7 +49,7 @@ def source(i: int) -> str:
 
 
 def measure(sessions: int) -> dict[str, object]:
-    gw = GatewayProcess(CONFIG)
+    gw = GatewayProcess.from_config_text(CONFIG, log_level="warning")
     store = CredentialStore.open(
         gw.state_dir, onboarding_window_s=900, limits=StoreLimits(max_clients=sessions + 10)
     )

@@ -516,7 +516,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from coapdev.client import Client, onboard
 
     rng = random.Random(args.seed)
-    gw = GatewayProcess(CONFIG, log_level="warning").start()
+    gw = GatewayProcess.from_config_text(CONFIG, log_level="warning").start()
     result: dict[str, Any] = {"seed": args.seed}
     legit: LegitClient | None = None
     fuzzer: Fuzzer | None = None

@@ -361,7 +361,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from .fuzz import CONFIG, LegitClient
 
     rng = random.Random(args.seed)
-    gw = GatewayProcess(CONFIG, log_level="warning").start()
+    gw = GatewayProcess.from_config_text(CONFIG, log_level="warning").start()
     result: dict[str, Any] = {"mode": mode, "seed": args.seed}
     legit: LegitClient | None = None
     fuzzer: GrammarFuzzer | HandshakeFuzzer | None = None

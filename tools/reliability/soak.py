@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args.window = args.window or (2.0 if args.quick else 10.0)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    gw = GatewayProcess(CONFIG, log_level="warning").start()
+    gw = GatewayProcess.from_config_text(CONFIG, log_level="warning").start()
     try:
         soak, checks = asyncio.run(run_soak(args, gw))
         tracebacks = gw.log().count("Traceback")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import time
 
 import pytest
-from support import REPO
 
 from coapdev.client import Client, Credentials, DeviceAddress
 from coapdev.errors import HandshakeFailed
@@ -18,7 +16,6 @@ from coapdev.store import CredentialStore
 
 pytestmark = pytest.mark.integration
 
-sys.path.insert(0, str(REPO / "tools"))
 
 NOW = time.time()
 
