@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import process_gone, process_group_alive
+from support import process_gone, process_group_alive, wait_for
 
 from gateway.runner import ScriptFailure, run_script
 
@@ -188,3 +188,35 @@ def test_a_descendant_the_first_walk_missed_is_killed_by_the_second(monkeypatch)
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_walk_reads_the_environment_only_of_processes_younger_than_the_run(monkeypatch):
+    """The tag carries when its run started, so the walk over /proc costs one read per older
+    process (its stat) and still finds the run's detached descendants."""
+    import subprocess
+
+    from gateway import runner
+
+    tag = runner.new_tag()
+    child = subprocess.Popen(
+        ["sh", "-c", "setsid sleep 1000 & wait"],
+        env=runner.tagged_environment(dict(os.environ), tag),
+        start_new_session=True,
+    )
+    read = []
+    real_read = runner._read_proc
+
+    def counting(proc: int, name: str) -> bytes | None:
+        read.append(name)
+        return real_read(proc, name)
+
+    monkeypatch.setattr(runner, "_read_proc", counting)
+    try:
+        wait_for(lambda: len(runner.process_tree(tag)) == 2, 5, what="the shell and its sleep")
+        environments = {name.split("/")[0] for name in read if name.endswith("/environ")}
+        assert str(child.pid) in environments
+        assert "1" not in environments  # init is older than any run
+    finally:
+        runner.kill_tree(child.pid, tag)
+        child.wait(timeout=5)
+    assert runner.process_tree(tag) == set()
