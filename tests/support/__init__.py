@@ -13,7 +13,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from testkit import (
+REPO = Path(__file__).resolve().parents[2]
+# pytest puts tools/ on the path (setup.cfg); the Home Assistant harness imports this
+# module with only tests/ on it.
+if str(REPO / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO / "tools"))
+
+from testkit import (  # noqa: E402
     GatewayProcess,
     free_udp_port,
     process_gone,
@@ -21,8 +27,6 @@ from testkit import (
     udp_port_in_use,
     wait_for,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 #: A real ``coapdev-gateway`` process on loopback; stop() is always called by its fixture.
 Gateway = GatewayProcess
