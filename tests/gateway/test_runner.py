@@ -219,4 +219,4 @@ def test_a_walk_reads_the_environment_only_of_processes_younger_than_the_run(mon
     finally:
         runner.kill_tree(child.pid, tag)
         child.wait(timeout=5)
-    assert runner.process_tree(tag) == set()
+    wait_for(lambda: not runner.process_tree(tag), 5, what="the run killed")
