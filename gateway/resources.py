@@ -130,6 +130,16 @@ class _Cached:
 _WATCHED = "watched"
 
 
+#: A script resource is answered on the fast path, its answer piggybacked on the
+#: acknowledgement however late it comes, only when its slowest answer (a wait
+#: for a slot, then the run, each up to the method's ``timeout_s``) comes within
+#: this long: a client retransmits a confirmable request for RFC 7252's
+#: MAX_TRANSMIT_SPAN (45 s) and waits for an acknowledgement a while after.
+#: Slower resources go through aiocoap, which acknowledges at once and answers
+#: separately.
+FAST_PATH_MAX_WAIT_S = 40.0
+
+
 class ScriptResource(ObservableGuardedResource):
     """A resource whose methods run scripts; optionally observable.
 
@@ -137,6 +147,10 @@ class ScriptResource(ObservableGuardedResource):
     the run that produced it (:class:`ScriptInputs`): observed output is kept
     per set of inputs, and concurrent GETs with equal inputs share one run.
     """
+
+    #: A fast-path request runs in a task from the start (the methods wait, in
+    #: ``asyncio.timeout``, which needs one).
+    renders_in_task = True
 
     def __init__(
         self, state: ServerState, config: ResourceConfig, *, data_dir: Path | None = None
@@ -171,6 +185,9 @@ class ScriptResource(ObservableGuardedResource):
             roles.setdefault("GET", frozenset().union(*roles.values()) or _all_roles())
         self.policy = authz.Policy.of(**roles)
         self.observable = config.observe is not None
+        slowest = max((m.timeout_s for _, m in config.methods), default=config.timeout_s)
+        #: Served without aiocoap's message layer (see FAST_PATH_MAX_WAIT_S).
+        self.fast_path = 2 * max(slowest, config.timeout_s) <= FAST_PATH_MAX_WAIT_S
         self.rt = "coapdev.script"
         self.ct = f"{int(_OUTPUT_FORMATS[config.output]):d}"
         bound_block1(self, config.max_input_bytes, state.max_uploads_per_resource)

@@ -135,3 +135,17 @@ def bound_block2(res: Any, max_entries: int, max_bytes: int) -> None:
     A transfer whose answer was dropped gets 4.08 and starts over.
     """
     res._block2._completes = _BoundedCompletes(max_entries, max_bytes, MAX_TRANSMIT_WAIT_S)
+
+
+def first_block(res: Any, request: Any, assembled: Any) -> Any:
+    """Keep a large answer as aiocoap's Block2 cache would, and return its first block.
+
+    For an answer computed outside aiocoap (the fast path): the client's next
+    Block2 requests then reach aiocoap, which serves them from ``res``'s cache
+    (bounded by :func:`bound_block2`) exactly as if it had rendered the answer.
+    """
+    from aiocoap.blockwise import _extract_block_key
+
+    res._block2._completes[_extract_block_key(request)] = assembled
+    remote = request.remote
+    return assembled._extract_block(0, remote.maximum_block_size_exp, remote.maximum_payload_size)

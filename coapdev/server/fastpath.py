@@ -8,9 +8,11 @@ completes without waiting.  Those are parsed here, run through the same
 authentication, authorization and resource code, and answered directly.
 
 Everything else goes to aiocoap unchanged: observations, blockwise
-transfers, other options, empty messages, ACK/RST, resources not marked
-``fast_path = True`` (the script-backed ones), and answers too large for one
-datagram.
+transfers, other options, empty messages, ACK/RST, and resources not marked
+``fast_path`` (script resources whose answer may take longer than a client
+retransmits for).  An answer too large for one datagram is kept the way
+aiocoap keeps it (its Block2 cache), and its first block is sent here: the
+client asks for the next blocks with a Block2 option, which aiocoap serves.
 
 Duplicate detection is per session and bounded by count and age: the last
 ``DEDUP_PER_SESSION`` exchanges of each session are remembered for
@@ -31,6 +33,9 @@ from typing import Any
 from aiocoap import Code, Message
 from aiocoap import error as coap_error
 from aiocoap.message import Direction
+
+from . import aiocoap_compat
+from .separate import Pending, SeparateResponses
 
 log = logging.getLogger("coapdev.fastpath")
 
@@ -58,7 +63,7 @@ class FastOptions:
     block1 = None
     block2 = None
     no_response = None
-    etags = None
+    etags: tuple[bytes, ...] = ()
     uri_path_abbrev = None
 
     def __init__(self) -> None:
@@ -170,8 +175,12 @@ def parse_request(data: bytes, remote: Any) -> FastRequest | None:
     return FastRequest(method, opt, payload, remote, mid, token, mtype)
 
 
-def encode_response(request: FastRequest, response: Message, mid: int) -> bytes:
-    mtype = _ACK if request.mtype == _CON else _NON
+def encode_response(
+    request: FastRequest, response: Message, mid: int, *, separate: bool = False
+) -> bytes:
+    """The answer's datagram: piggybacked on the ACK of a confirmable request, NON to a
+    NON one, or (``separate``) a confirmable message of its own."""
+    mtype = _CON if separate else _ACK if request.mtype == _CON else _NON
     token = request.token
     header = bytes([0x40 | (mtype << 4) | len(token), int(response.code), mid >> 8, mid & 0xFF])
     options = response.opt.encode()
@@ -190,6 +199,8 @@ class FastPath:
         self.served = 0
         #: Accepted requests whose serving raised (each answered 5.00).
         self.failed = 0
+        #: Slow answers: acknowledged early, sent separately, retransmitted.
+        self.separate = SeparateResponses()
 
     def on_plaintext(self, peer: Any, data: bytes) -> bool:
         """Serve ``data`` if it is a simple request; False leaves it to aiocoap.
@@ -201,6 +212,8 @@ class FastPath:
         answered here: it is never handed on to aiocoap, which would run it a
         second time.
         """
+        if self.separate.on_empty(peer, data):
+            return True  # the client acknowledged one of our separate answers
         request = parse_request(data, peer)
         if request is None:
             return False
@@ -208,19 +221,29 @@ class FastPath:
         if resource is None:
             return False
         key = (request.mtype, request.mid)
+        pending = Pending()
         try:
-            self._serve(peer, request, resource, key)
+            self._serve(peer, request, resource, key, data, pending)
         except Exception:
             self.failed += 1
             log.error("serving %s failed", "/".join(request.opt.uri_path), exc_info=True)
             with contextlib.suppress(Exception):
-                self._answer(peer, request, key, Message(code=Code.INTERNAL_SERVER_ERROR))
+                error = Message(code=Code.INTERNAL_SERVER_ERROR)
+                self._answer(peer, request, key, error, None, pending)
         return True
 
     #: The former name of :meth:`on_plaintext`.
     handle = on_plaintext
 
-    def _serve(self, peer: Any, request: FastRequest, resource: Any, key: tuple) -> None:
+    def _serve(
+        self,
+        peer: Any,
+        request: FastRequest,
+        resource: Any,
+        key: tuple,
+        data: bytes,
+        pending: Pending,
+    ) -> None:
         recent = peer.recent_exchanges
         if recent is None:
             recent = peer.recent_exchanges = OrderedDict()
@@ -234,39 +257,79 @@ class FastPath:
         while len(recent) > DEDUP_PER_SESSION:
             recent.popitem(last=False)
         self.site.render_fast(
-            resource, request, lambda response: self._answer(peer, request, key, response)
+            resource,
+            request,
+            lambda response: self._answer(peer, request, key, response, (resource, data), pending),
         )
+        if request.mtype == _CON:
+            self.separate.watch(peer, request.mid, pending)
 
     def _answer(
-        self, peer: Any, request: FastRequest, key: tuple, response: Message | None
+        self,
+        peer: Any,
+        request: FastRequest,
+        key: tuple,
+        response: Message | None,
+        origin: tuple[Any, bytes] | None,
+        pending: Pending,
     ) -> None:
+        """Send ``response``; ``origin`` (the resource and the request's datagram) lets a
+        large answer go out blockwise."""
         recent = peer.recent_exchanges
+        separate = self.separate.answered(pending)
         if response is None:  # the request was refused silently (no answer wanted)
             return
         if len(response.payload) > MAX_FAST_PAYLOAD:
-            log.warning(
-                "fast-path answer of %d bytes on %s is too large; sending 5.00",
-                len(response.payload),
-                "/".join(request.opt.uri_path),
-            )
-            response = Message(code=Code.INTERNAL_SERVER_ERROR)
-        mid = request.mid if request.mtype == _CON else self.next_mid()
-        answer = encode_response(request, response, mid)
+            response = self._first_block(peer, request, response, origin)
+        mid = request.mid if request.mtype == _CON and not separate else self.next_mid()
+        answer = encode_response(request, response, mid, separate=separate)
         if recent is not None and key in recent:
             if recent[key][1] is not None:
                 return  # answered already (an error after the answer went out)
             recent[key] = (time.monotonic(), answer)
         self.served += 1
-        peer.send(answer)
+        if separate:
+            self.separate.send_confirmable(peer, mid, answer)
+        else:
+            peer.send(answer)
+
+    def _first_block(
+        self,
+        peer: Any,
+        request: FastRequest,
+        response: Message,
+        origin: tuple[Any, bytes] | None,
+    ) -> Message:
+        """Block 0 of a large answer, the whole kept for the next blocks (or 5.00)."""
+        try:
+            if origin is None:
+                raise ValueError("no request to continue from")
+            resource, data = origin
+            return aiocoap_compat.first_block(resource, Message.decode(data, remote=peer), response)
+        except Exception:
+            log.warning(
+                "fast-path answer of %d bytes on %s cannot go out blockwise; sending 5.00",
+                len(response.payload),
+                "/".join(request.opt.uri_path),
+                exc_info=True,
+            )
+            return Message(code=Code.INTERNAL_SERVER_ERROR)
 
 
-def run_to_completion(coro: Any, done: Callable[[Any, BaseException | None], None]) -> None:
+def run_to_completion(
+    coro: Any, done: Callable[[Any, BaseException | None], None], *, in_task: bool = False
+) -> None:
     """Run a coroutine; synchronously if it never waits, else as a task.
 
     Handlers of fast-path resources usually finish without waiting, so no
     task is created for them; one that does wait is carried on by a task
-    that resumes it exactly where it stopped.
+    that resumes it exactly where it stopped.  ``in_task`` starts a task at
+    once, for handlers that always wait and need to run inside one
+    (``asyncio.timeout`` does: script resources).
     """
+    if in_task:
+        _finish_in(asyncio.ensure_future(coro), done)
+        return
     try:
         waiting_on = coro.send(None)
     except StopIteration as stop:
@@ -290,9 +353,11 @@ def run_to_completion(coro: Any, done: Callable[[Any, BaseException | None], Non
             except StopIteration as stop:
                 return stop.value
 
-    task = asyncio.ensure_future(resume(waiting_on))
+    _finish_in(asyncio.ensure_future(resume(waiting_on)), done)
 
-    def finished(t: asyncio.Task) -> None:
+
+def _finish_in(task: asyncio.Future, done: Callable[[Any, BaseException | None], None]) -> None:
+    def finished(t: asyncio.Future) -> None:
         if t.cancelled():
             done(None, coap_error.LibraryShutdown("cancelled"))
         else:

@@ -428,7 +428,11 @@ class DeviceSite(resource.Site):
             reply(with_diagnostic(response, request))  # first: nothing may keep it back
             log_request(request, principal.label, response.code, started)
 
-        run_to_completion(res.render_admitted(request, principal), done)
+        run_to_completion(
+            res.render_admitted(request, principal),
+            done,
+            in_task=getattr(res, "renders_in_task", False),
+        )
 
     def get_resources_as_linkheader(self, role: Role | None = None) -> Any:
         from aiocoap.util.linkformat import Link, LinkFormat

@@ -246,3 +246,104 @@ def test_the_fast_path_reads_every_accepted_datagram_as_aiocoap_does(data):
     )
     assert request.opt.accept == (None if message.opt.accept is None else int(message.opt.accept))
     assert request.payload == message.payload
+
+
+# --- slow answers: acknowledged at once, sent separately, retransmitted -----------------
+
+
+class SlowSite(FakeSite):
+    """Answers after ``delay_s`` (a script resource)."""
+
+    def __init__(self, delay_s):
+        super().__init__()
+        self.delay_s = delay_s
+
+    def render_fast(self, res, request, reply):
+        self.executed += 1
+        answer = Message(code=Code.CONTENT, payload=b"slow")
+        asyncio.get_running_loop().call_later(self.delay_s, reply, answer)
+
+
+def _fields(datagram):
+    return (datagram[0] >> 4) & 3, datagram[1], (datagram[2] << 8) | datagram[3]
+
+
+def test_a_slow_answer_is_acknowledged_at_once_and_sent_confirmable_until_acknowledged(
+    monkeypatch,
+):
+    from coapdev.server import separate
+
+    monkeypatch.setattr(separate, "ACK_TIMEOUT_S", 0.05)
+    site = SlowSite(delay_s=0.3)
+    fast = FastPath(site, next_mid=lambda: 0x7777)
+    peer = FakePeer()
+
+    async def scenario():
+        assert fast.handle(peer, coap(mtype=0, mid=42, options=opt(11, b"counter")))
+        await asyncio.sleep(separate.EMPTY_ACK_DELAY_S + 0.05)
+        assert [_fields(d) for d in peer.sent] == [(2, 0, 42)]  # an empty ACK, at once
+        assert len(peer.sent[0]) == 4
+        await asyncio.sleep(0.3)
+        mtype, code, mid = _fields(peer.sent[1])
+        assert (mtype, code, mid) == (0, int(Code.CONTENT), 0x7777)  # CON, our own mid
+        assert peer.sent[1][4:6] == b"\xaa\xbb"  # the request's token
+        await asyncio.sleep(0.2)
+        resent = len(peer.sent) - 2
+        assert resent >= 1 and all(d == peer.sent[1] for d in peer.sent[2:])
+        assert fast.handle(peer, bytes([0x60, 0, 0x77, 0x77]))  # the client's ACK: taken
+        settled = len(peer.sent)
+        await asyncio.sleep(0.5)
+        assert len(peer.sent) == settled  # no more retransmissions
+        assert len(fast.separate) == 0 and fast.separate.stats["acknowledged"] == 1
+
+    asyncio.run(scenario())
+    assert site.executed == 1
+
+
+def test_an_answer_within_the_empty_ack_delay_rides_on_the_ack():
+    site = SlowSite(delay_s=0.01)
+    fast = FastPath(site, next_mid=lambda: 1)
+    peer = FakePeer()
+
+    async def scenario():
+        assert fast.handle(peer, coap(mtype=0, mid=43, options=opt(11, b"counter")))
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert [_fields(d) for d in peer.sent] == [(2, int(Code.CONTENT), 43)]
+
+
+def test_a_slow_answer_to_a_non_request_is_one_non_message():
+    site = SlowSite(delay_s=0.2)
+    fast = FastPath(site, next_mid=lambda: 9)
+    peer = FakePeer()
+
+    async def scenario():
+        assert fast.handle(peer, coap(mtype=1, mid=44, options=opt(11, b"counter")))
+        await asyncio.sleep(0.4)
+
+    asyncio.run(scenario())
+    assert [_fields(d) for d in peer.sent] == [(1, int(Code.CONTENT), 9)]
+
+
+def test_unacknowledged_separate_answers_are_given_up_after_max_retransmit(monkeypatch):
+    from coapdev.server import separate
+
+    monkeypatch.setattr(separate, "ACK_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(separate, "EMPTY_ACK_DELAY_S", 0.01)
+    fast = FastPath(SlowSite(delay_s=0.05), next_mid=lambda: 5)
+    peer = FakePeer()
+
+    async def scenario():
+        fast.handle(peer, coap(mtype=0, mid=45, options=opt(11, b"counter")))
+        await asyncio.sleep(0.05 + 0.01 * 1.5 * 2 ** (separate.MAX_RETRANSMIT + 1) + 0.2)
+
+    asyncio.run(scenario())
+    # the empty ACK, the answer, and MAX_RETRANSMIT retransmissions of it; then nothing kept
+    assert len(peer.sent) == 2 + separate.MAX_RETRANSMIT
+    assert len(fast.separate) == 0 and fast.separate.stats["given-up"] == 1
+
+
+def test_an_ack_for_a_message_we_did_not_send_goes_to_aiocoap():
+    fast = FastPath(FakeSite(), next_mid=lambda: 1)
+    assert fast.handle(FakePeer(), bytes([0x60, 0, 0, 1])) is False
