@@ -143,9 +143,12 @@ def first_block(res: Any, request: Any, assembled: Any) -> Any:
     For an answer computed outside aiocoap (the fast path): the client's next
     Block2 requests then reach aiocoap, which serves them from ``res``'s cache
     (bounded by :func:`bound_block2`) exactly as if it had rendered the answer.
+    ``request`` is the whole request to the resource at exactly its path; the
+    key is the one aiocoap's Site computes after it stripped that path.
     """
     from aiocoap.blockwise import _extract_block_key
 
-    res._block2._completes[_extract_block_key(request)] = assembled
+    stripped = request.copy(uri_path=())
+    res._block2._completes[_extract_block_key(stripped)] = assembled
     remote = request.remote
     return assembled._extract_block(0, remote.maximum_block_size_exp, remote.maximum_payload_size)
