@@ -201,6 +201,7 @@ def test_a_handler_resource():
     assert plain.handler is None and plain.max_age_s is None and plain.max_pending == 64
 
 
+@pytest.mark.integration  # runs coapdev-gateway --check
 def test_check_names_a_missing_handler(tmp_path):
     config = tmp_path / "gateway.toml"
     config.write_text("[[resource]]\npath = '/kv'\nhandler = ['/nonexistent/kv.py']\nget = {}\n")

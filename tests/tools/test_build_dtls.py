@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from support import REPO
 
 
+@pytest.mark.integration
 def test_a_second_run_uses_the_cached_wheel():
     """tools/setup built it already: another run (another venv, same ABI) builds nothing."""
     proc = subprocess.run(

@@ -78,6 +78,7 @@ def _client_hello() -> bytes:
     return captured[0]
 
 
+@pytest.mark.integration  # tinydtls writes the hello on a real (unused) UDP socket
 def test_client_hello_round_trips_and_has_the_mandatory_extensions():
     datagram = _client_hello()
     record = hs.records(datagram)[0]
@@ -91,6 +92,7 @@ def test_client_hello_round_trips_and_has_the_mandatory_extensions():
     assert record.encode() == datagram
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(hs.HELLO_MUTATIONS))
 def test_a_plan_changes_both_hellos_alike_but_the_cookie(name):
     first = _client_hello()
