@@ -31,7 +31,7 @@ from coapdev.store import CredentialStore, StoreLimits
 
 from .config import DtlsConfig, GatewayConfig, ResourceConfig
 from .resources import ScriptResource
-from .runner import base_environment, prepare_data_dir, supervise_lines
+from .scripts import base_environment, prepare_data_dir, supervise_lines
 
 log = logging.getLogger("coapdev.gateway")
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from coapdev.errors import BadGateway, GatewayTimeout, RequestRefused, ServiceUnavailable
 
-from .runner import LineProcess, supervise_lines
+from .scripts import LineProcess, supervise_lines
 
 log = logging.getLogger("coapdev.gateway.handler")
 

@@ -38,7 +38,7 @@ from coapdev.store import Principal
 
 from .config import InputMode, MethodConfig, OutputFormat, ResourceConfig
 from .handler import Answer, Handler
-from .runner import (
+from .scripts import (
     ScriptFailure,
     base_environment,
     prepare_data_dir,

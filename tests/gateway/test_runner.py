@@ -156,7 +156,7 @@ def test_a_descendant_the_first_walk_missed_is_killed_by_the_second(monkeypatch)
     over /proc can miss it (1 in 1 200 detaching scripts under load): a second walk follows."""
     import subprocess
 
-    from gateway import runner
+    from gateway.scripts import tree as runner
 
     tag = "second-sweep-test"
     child = subprocess.Popen(
@@ -195,7 +195,7 @@ def test_a_walk_reads_the_environment_only_of_processes_younger_than_the_run(mon
     process (its stat) and still finds the run's detached descendants."""
     import subprocess
 
-    from gateway import runner
+    from gateway.scripts import tree as runner
 
     tag = runner.new_tag()
     child = subprocess.Popen(
