@@ -300,30 +300,24 @@ def test_a_slow_answer_is_acknowledged_at_once_and_sent_confirmable_until_acknow
     assert site.executed == 1
 
 
-def test_an_answer_within_the_empty_ack_delay_rides_on_the_ack():
-    site = SlowSite(delay_s=0.01)
-    fast = FastPath(site, next_mid=lambda: 1)
+@pytest.mark.parametrize(
+    "mtype, delay_s, sent",
+    [
+        (0, 0.01, [(2, int(Code.CONTENT), 43)]),  # CON, quick: the answer rides on the ACK
+        (1, 0.2, [(1, int(Code.CONTENT), 9)]),  # NON, slow: one NON answer, no empty ACK
+    ],
+    ids=["quick-answer-on-the-ack", "slow-answer-to-non"],
+)
+def test_what_goes_out_without_a_separate_answer(mtype, delay_s, sent):
+    fast = FastPath(SlowSite(delay_s=delay_s), next_mid=lambda: 9)
     peer = FakePeer()
 
     async def scenario():
-        assert fast.handle(peer, coap(mtype=0, mid=43, options=opt(11, b"counter")))
-        await asyncio.sleep(0.3)
+        assert fast.handle(peer, coap(mtype=mtype, mid=43, options=opt(11, b"counter")))
+        await asyncio.sleep(delay_s + 0.2)
 
     asyncio.run(scenario())
-    assert [_fields(d) for d in peer.sent] == [(2, int(Code.CONTENT), 43)]
-
-
-def test_a_slow_answer_to_a_non_request_is_one_non_message():
-    site = SlowSite(delay_s=0.2)
-    fast = FastPath(site, next_mid=lambda: 9)
-    peer = FakePeer()
-
-    async def scenario():
-        assert fast.handle(peer, coap(mtype=1, mid=44, options=opt(11, b"counter")))
-        await asyncio.sleep(0.4)
-
-    asyncio.run(scenario())
-    assert [_fields(d) for d in peer.sent] == [(1, int(Code.CONTENT), 9)]
+    assert [_fields(d) for d in peer.sent] == sent
 
 
 def test_unacknowledged_separate_answers_are_given_up_after_max_retransmit(monkeypatch):
