@@ -34,22 +34,67 @@ def _boot_ticks() -> int:
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)
 
 
-def new_tag() -> str:
-    """A run's tag: a tick before it started (as /proc counts start times), and a random part.
+#: The kernel's last allocated pid (in this pid namespace).
+LAST_PID_FILE = "/proc/sys/kernel/ns_last_pid"
+#: A walk looks only at pids allocated after its oldest run started when that run is
+#: younger than this: the pid counter cannot have gone all the way round since (that
+#: takes ``pid_max`` forks; 32 768 at the least, 3 277 a second for 10 s). Older runs,
+#: or a counter that wrapped below the run's pid, get the full walk.
+NEW_PIDS_ONLY_FOR_S = 10.0
 
-    Every process of the run starts after the run did, so a walk for this tag
-    reads the environment only of processes at least that young.
+
+def _last_pid() -> int | None:
+    try:
+        with open(LAST_PID_FILE, "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def new_tag() -> str:
+    """A run's tag: a tick before it started (as /proc counts start times), the last pid
+    handed out before it (when the kernel says), and a random part.
+
+    Every process of the run starts after the run did and gets a later pid
+    (until the counter wraps), so a walk for this tag reads the stat only of
+    later pids and the environment only of processes at least that young.
     """
-    return f"{_boot_ticks() - 1:x}.{secrets.token_hex(8)}"
+    last = _last_pid()
+    floor = f"{last:x}." if last is not None else ""
+    return f"{_boot_ticks() - 1:x}.{floor}{secrets.token_hex(8)}"
+
+
+def _tag_bounds(tag: str) -> tuple[int, int | None]:
+    """(the tick a tag's run started at, the pid floor) — (0, None), look at everything,
+    for a tag without them."""
+    parts = tag.split(".")
+    try:
+        if len(parts) == 3:
+            return int(parts[0], 16), int(parts[1], 16)
+        if len(parts) == 2:
+            return int(parts[0], 16), None
+    except ValueError:
+        pass
+    return 0, None
 
 
 def _born_since(tag: str) -> int:
     """The tick a tag's run started at, or 0 (look at every process) for a tag without one."""
-    head, dot, _ = tag.partition(".")
-    try:
-        return int(head, 16) if dot else 0
-    except ValueError:
-        return 0
+    return _tag_bounds(tag)[0]
+
+
+def _pid_floor(tags: Collection[str], since: int) -> int | None:
+    """The pid every process of these runs is above, or None if that cannot be known."""
+    floors = [_tag_bounds(tag)[1] for tag in tags]
+    if not floors or any(f is None for f in floors):
+        return None
+    floor = min(f for f in floors if f is not None)
+    current = _last_pid()
+    if current is None or current < floor:  # wrapped (or unknown): every pid may be new
+        return None
+    if _boot_ticks() - since > NEW_PIDS_ONLY_FOR_S * CLOCK_TICKS:
+        return None
+    return floor
 
 
 def _read_proc(proc: int, name: str) -> bytes | None:
@@ -75,12 +120,14 @@ def process_tree(*tags: str) -> set[int]:
     reparented to; children are followed from each of them, for
     descendants that replaced their environment but still have their
     parent.  (Not from a pid that exited: its number may be reused.)
-    A process's stat is read once; its environment only when it started
-    after the oldest of the runs (so the walk costs about one read per
-    process, not three).
+    Only pids handed out after the oldest run started are looked at (while
+    that is certain, see NEW_PIDS_ONLY_FOR_S), a process's stat once, its
+    environment only when it started after that run: a walk costs a
+    directory listing and a read or two per process the runs could have made.
     """
     markers = [f"\0{TAG_VARIABLE}={tag}\0".encode() for tag in tags]
     since = min((_born_since(tag) for tag in tags), default=0)
+    floor = _pid_floor(tags, since) if since else None
     me = os.getpid()
     uid = os.getuid()
     children: dict[int, list[int]] = {}
@@ -91,9 +138,11 @@ def process_tree(*tags: str) -> set[int]:
         return found
     try:
         for name in os.listdir(proc):
-            if not name.isdigit() or int(name) == me:
+            if not name.isdigit():
                 continue
             pid = int(name)
+            if pid == me or (floor is not None and pid <= floor):
+                continue
             stat = _read_proc(proc, f"{name}/stat")
             try:
                 fields = stat.rsplit(b")", 1)[1].split() if stat else []

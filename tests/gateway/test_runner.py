@@ -220,3 +220,36 @@ def test_a_walk_reads_the_environment_only_of_processes_younger_than_the_run(mon
         runner.kill_tree(child.pid, tag)
         child.wait(timeout=5)
     wait_for(lambda: not runner.process_tree(tag), 5, what="the run killed")
+
+
+def test_a_walk_looks_only_at_pids_newer_than_the_run_unless_the_counter_wrapped(monkeypatch):
+    """The tag also carries the last pid handed out before the run: a walk reads the stat of
+    later pids only, and all of them again once the pid counter went round."""
+    import subprocess
+
+    from gateway.scripts import tree
+
+    tag = tree.new_tag()
+    floor = tree._tag_bounds(tag)[1]
+    if floor is None:
+        pytest.skip("this kernel does not tell the last pid (/proc/sys/kernel/ns_last_pid)")
+    env = tree.tagged_environment(dict(os.environ), tag)
+    child = subprocess.Popen(["sleep", "1000"], env=env, start_new_session=True)
+    read: list[int] = []
+    real_read = tree._read_proc
+
+    def counting(proc: int, name: str) -> bytes | None:
+        read.append(int(name.split("/")[0]))
+        return real_read(proc, name)
+
+    monkeypatch.setattr(tree, "_read_proc", counting)
+    try:
+        assert tree.process_tree(tag) == {child.pid}
+        assert read and min(read) > floor  # nothing older than the run was opened
+        read.clear()
+        monkeypatch.setattr(tree, "_last_pid", lambda: floor - 1)  # the counter wrapped
+        assert tree.process_tree(tag) == {child.pid}
+        assert 1 in read  # the full walk: init's stat was read
+    finally:
+        child.kill()
+        child.wait()
