@@ -109,3 +109,21 @@ def test_an_answer_line_for_the_largest_payload_fits_the_line_limit():
     ).encode()
     assert len(line) <= max_line_bytes(len(payload))
     assert parse_answer(line) == (2**53, Answer("2.05", 65535, payload))
+
+
+def test_the_helper_answers_every_waiting_request_in_one_write():
+    """Under load several requests are in the pipe at once: one write answers them all
+    (a system call per request saved on both sides); a last line without newline counts."""
+    lines = b"".join(encode_request(i, dict(FIELDS, method="GET"), b"") for i in range(1, 6))
+
+    class Counting(io.BytesIO):
+        writes = 0
+
+        def write(self, data):  # type: ignore[override]
+            Counting.writes += 1
+            return super().write(data)
+
+    out = Counting()
+    helper.serve(lambda request: b"ok", stdin=io.BytesIO(lines.rstrip(b"\n")), stdout=out)
+    assert [parse_answer(line)[0] for line in out.getvalue().splitlines()] == [1, 2, 3, 4, 5]
+    assert Counting.writes <= 2  # the four complete lines at once, then the unterminated one
