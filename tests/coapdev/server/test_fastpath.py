@@ -138,7 +138,7 @@ def test_duplicate_memory_is_bounded_per_session():
     peer = FakePeer()
     for mid in range(1000):
         fast.handle(peer, coap(code=2, mid=mid, options=opt(11, b"counter")))
-    assert len(peer.recent_exchanges) == DEDUP_PER_SESSION
+    assert len(fast.exchanges.of(peer)) == DEDUP_PER_SESSION
 
 
 class ExplodingAfterTheHandlerSite(FakeSite):
