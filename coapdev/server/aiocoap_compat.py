@@ -1,8 +1,18 @@
-"""The server side's uses of aiocoap's private parts, in one place.
+"""The server side's uses of aiocoap's (and asyncio's) private parts, in one place.
 
 aiocoap 0.4 offers no public hooks for these; if an aiocoap release changes
 them, this module is the one to adapt (tests/coapdev/server/test_dtls.py and
-the e2e suite exercise each).
+the e2e suite exercise each).  Outside this module, no code under
+``coapdev/server`` reads or writes an underscored attribute of aiocoap's or
+asyncio's objects; each use is a named function here:
+
+- message manager: :func:`bound_duplicate_detection`, :func:`message_id_source`;
+- context: :func:`add_message_transport`, :func:`stock_dtls_socket`,
+  :func:`stock_close_sessions`;
+- site: :func:`site_resources`;
+- resource blockwise state: :func:`bound_block1`, :func:`bound_block2`,
+  :func:`assemble_and_slice`;
+- asyncio's task protocol: :func:`take_yielded_future`.
 """
 
 from __future__ import annotations
@@ -10,10 +20,11 @@ from __future__ import annotations
 import collections
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from aiocoap import CON
+from aiocoap import CON, Message, resource
+from aiocoap import error as coap_error
 
 from .budget import BoundedDuplicates
 
@@ -135,6 +146,61 @@ def bound_block2(res: Any, max_entries: int, max_bytes: int) -> None:
     A transfer whose answer was dropped gets 4.08 and starts over.
     """
     res._block2._completes = _BoundedCompletes(max_entries, max_bytes, MAX_TRANSMIT_WAIT_S)
+
+
+def bound_block1(res: resource.Resource, max_bytes: int, max_uploads: int) -> None:
+    """Cap blockwise (Block1) uploads to ``res``: size and number in progress.
+
+    aiocoap would assemble any upload in memory, of any size, from any
+    number of clients at once.
+    """
+    from aiocoap.blockwise import Block1Spool
+
+    class BoundedBlock1Spool(Block1Spool):
+        def feed_and_take(self, req: Message) -> Message:
+            block1 = req.opt.block1
+            if block1 is not None:
+                end = block1.start + len(req.payload)
+                if end > max_bytes:
+                    raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
+                in_progress = len(self._assemblies._items)  # aiocoap TimeoutDict: no len()
+                if block1.block_number == 0 and in_progress >= max_uploads:
+                    raise coap_error.ServiceUnavailable("too many uploads in progress")
+            elif len(req.payload) > max_bytes:
+                raise coap_error.RequestEntityTooLarge(f"payload over {max_bytes} bytes")
+            try:
+                return super().feed_and_take(req)
+            except ValueError:  # a block that does not continue the upload (size, offset)
+                raise coap_error.RequestEntityIncomplete() from None
+
+    res._block1 = BoundedBlock1Spool()
+
+
+async def assemble_and_slice(
+    res: resource.Resource, request: Message, render: Callable[[Message], Awaitable[Message]]
+) -> Message:
+    """A blockwise exchange on ``res``: the Block1 upload assembled by its spool (bounded,
+    see :func:`bound_block1`), ``render`` run on the whole, the Block2 answer sliced
+    from its cache (bounded, see :func:`bound_block2`)."""
+    whole = res._block1.feed_and_take(request)
+    response = await res._block2.extract_or_insert(whole, lambda: render(whole))
+    response.opt.block1 = whole.opt.block1
+    return response
+
+
+def site_resources(site: resource.Site) -> Mapping[tuple[str, ...], resource.Resource]:
+    """The resources added to ``site`` by path (aiocoap's Site lists them nowhere public)."""
+    return site._resources
+
+
+def take_yielded_future(future: Any) -> None:
+    """Take over a future a coroutine yielded, as an asyncio Task does before it waits.
+
+    A coroutine driven by hand (``coro.send``) that yields a future leaves it
+    marked as blocking; awaiting it from another coroutine requires the mark
+    cleared, which asyncio does only inside its Task.
+    """
+    future._asyncio_future_blocking = False
 
 
 def first_block(res: Any, request: Any, assembled: Any) -> Any:

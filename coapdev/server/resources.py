@@ -1,8 +1,9 @@
 """The built-in resources: onboarding (native and Tradfri), device, clients, rekey, light.
 
-Each is a :class:`~coapdev.server.site.GuardedResource` with its policy; the
-gate, the site and the observation machinery are in :mod:`coapdev.server.site`
-(their names are importable from here too, as before).
+Each is a :class:`~coapdev.server.guarded.GuardedResource` with its policy;
+the gate (:mod:`~coapdev.server.gate`), the site (:mod:`~coapdev.server.site`)
+and the observation machinery (:mod:`~coapdev.server.observe`) have modules of
+their own (their names are importable from here too, as before).
 """
 
 from __future__ import annotations
@@ -39,25 +40,24 @@ from ..errors import (
 )
 from ..model import ClientRecord, Principal
 from ..payload import decode, encode, parse_switch
+from .gate import ServerState, source_of
+from .guarded import GuardedResource
+from .observe import ObservableGuardedResource
+from .responses import request_value, response_format, value_response
 from .site import (  # noqa: F401  (re-exported: importable from here as before)
     ADMIN_ONLY,
     ALL_ROLES,
     BLOCK2_BYTES_PER_RESOURCE,
     BLOCK2_KEPT_PER_RESOURCE,
     BUILTIN_MAX_INPUT_BYTES,
+    MAX_UPLOADS_PER_RESOURCE,
     WRITE_FAILURE_LOG_INTERVAL_S,
     DeviceSite,
-    GuardedResource,
-    ObservableGuardedResource,
     Observation,
-    ServerState,
     _source,
     bound_block1,
     log_request,
     refusal_message,
-    request_value,
-    response_format,
-    value_response,
     with_diagnostic,
 )
 
@@ -105,7 +105,7 @@ class OnboardingResource(GuardedResource):
             record.name,
             record.id,
             record.role.value,
-            _source(request),
+            source_of(request),
         )
         body = onboarding.onboard_response(record, state.store.device.id)
         fmt = ContentFormat.JSON if as_json else ContentFormat.CBOR
@@ -128,7 +128,7 @@ class TradfriOnboardingResource(OnboardingResource):
         record = onboarding.tradfri_onboard(
             self.state.store, identity, now=now, actor=who.credential
         )
-        log.info("onboarded Tradfri-style client %s from %s", record.id, _source(request))
+        log.info("onboarded Tradfri-style client %s from %s", record.id, source_of(request))
         return Message(
             code=Code.CREATED,
             payload=onboarding.tradfri_response(record),

@@ -138,7 +138,7 @@ def test_duplicate_memory_is_bounded_per_session():
     peer = FakePeer()
     for mid in range(1000):
         fast.handle(peer, coap(code=2, mid=mid, options=opt(11, b"counter")))
-    assert len(peer.recent_exchanges) == DEDUP_PER_SESSION
+    assert len(fast.exchanges.of(peer)) == DEDUP_PER_SESSION
 
 
 class ExplodingAfterTheHandlerSite(FakeSite):
@@ -271,7 +271,7 @@ def _fields(datagram):
 def test_a_slow_answer_is_acknowledged_at_once_and_sent_confirmable_until_acknowledged(
     monkeypatch,
 ):
-    from coapdev.server import separate
+    from coapdev.server.fastpath import separate
 
     monkeypatch.setattr(separate, "ACK_TIMEOUT_S", 0.05)
     site = SlowSite(delay_s=0.3)
@@ -321,7 +321,7 @@ def test_what_goes_out_without_a_separate_answer(mtype, delay_s, sent):
 
 
 def test_unacknowledged_separate_answers_are_given_up_after_max_retransmit(monkeypatch):
-    from coapdev.server import separate
+    from coapdev.server.fastpath import separate
 
     monkeypatch.setattr(separate, "ACK_TIMEOUT_S", 0.01)
     monkeypatch.setattr(separate, "EMPTY_ACK_DELAY_S", 0.01)
