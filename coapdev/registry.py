@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import locked, write_atomic
-from .client import Credentials, DeviceAddress, escape_text, parse_address
+from .client.address import DeviceAddress, parse_address
+from .client.credentials import Credentials
+from .client.response import escape_text
 from .const import KeyFormat
 from .errors import ClientError, CorruptStateFile, UnknownDevice
 
