@@ -48,7 +48,7 @@ class DeviceOptions:
     max_observations_per_client: int = budget.MAX_OBSERVATIONS_PER_CLIENT
     max_observations_per_host: int = budget.MAX_OBSERVATIONS_PER_HOST
     max_observations: int = budget.MAX_OBSERVATIONS
-    max_uploads_per_resource: int = 32
+    max_uploads_per_resource: int = budget.MAX_UPLOADS_PER_RESOURCE
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class ServerState:
     max_observations_per_host: int = budget.MAX_OBSERVATIONS_PER_HOST
     max_observations: int = budget.MAX_OBSERVATIONS
     #: Blockwise uploads in progress per resource; more get 5.03 until some finish.
-    max_uploads_per_resource: int = 32
+    max_uploads_per_resource: int = budget.MAX_UPLOADS_PER_RESOURCE
     #: Optional check before a state change a client asks for (rate limits);
     #: called with the request, who asks and the operation; raises RequestRefused.
     before_change: Callable[[Message, Principal, str], None] | None = None
