@@ -23,6 +23,12 @@ EXCHANGE_LIFETIME_S = 247.0
 # Defaults of the bounds below, defined once: the server's options and the
 # gateway's [limits] config take them from here (docs/reliability.md gives
 # the worst case they imply).
+#: Concurrent DTLS sessions, and handshakes in progress, in all.
+MAX_SESSIONS = 5000
+MAX_HANDSHAKES = 256
+#: A session idle this long is closed; a handshake not done in this long is abandoned.
+IDLE_TIMEOUT_S = 3600.0
+HANDSHAKE_TIMEOUT_S = 20.0
 #: Sessions one source host, and one identity, may hold.
 MAX_SESSIONS_PER_HOST = 64
 MAX_SESSIONS_PER_IDENTITY = 16
@@ -34,6 +40,8 @@ MAX_OBSERVATIONS_PER_SESSION = 64
 MAX_OBSERVATIONS_PER_CLIENT = 256
 MAX_OBSERVATIONS_PER_HOST = 256
 MAX_OBSERVATIONS = 4096
+#: Blockwise uploads in progress per resource.
+MAX_UPLOADS_PER_RESOURCE = 32
 
 
 class BoundedDuplicates:

@@ -19,7 +19,6 @@ from ..model import Credential, Principal
 from ..store import CredentialStore
 from . import budget
 from .dtls import DtlsServerOptions
-from .gate import MAX_UPLOADS_PER_RESOURCE
 from .resources import DeviceSite, ServerState, build_site
 from .transport import DtlsTransport, TransportHooks, start_transport
 
@@ -49,7 +48,7 @@ class DeviceOptions:
     max_observations_per_client: int = budget.MAX_OBSERVATIONS_PER_CLIENT
     max_observations_per_host: int = budget.MAX_OBSERVATIONS_PER_HOST
     max_observations: int = budget.MAX_OBSERVATIONS
-    max_uploads_per_resource: int = MAX_UPLOADS_PER_RESOURCE
+    max_uploads_per_resource: int = budget.MAX_UPLOADS_PER_RESOURCE
 
 
 @dataclass(frozen=True)

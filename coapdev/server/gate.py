@@ -30,8 +30,8 @@ from .responses import path_text
 
 log = logging.getLogger("coapdev.server")
 
-#: Blockwise uploads in progress per resource (the default, for the server's options too).
-MAX_UPLOADS_PER_RESOURCE = 32
+#: Blockwise uploads in progress per resource (defined in budget; re-exported here).
+MAX_UPLOADS_PER_RESOURCE = budget.MAX_UPLOADS_PER_RESOURCE
 
 
 @dataclass

@@ -75,14 +75,14 @@ _ALERT_CLOSE_NOTIFY = int(AlertDescription.CLOSE_NOTIFY)
 class DtlsServerOptions:
     #: Most concurrent sessions (connected or handshaking); beyond it the least
     #: recently active session is evicted.
-    max_sessions: int = 5000
+    max_sessions: int = budget.MAX_SESSIONS
     #: A session with no traffic for this long is closed (close_notify).
-    idle_timeout_s: float = 3600.0
+    idle_timeout_s: float = budget.IDLE_TIMEOUT_S
     #: A handshake not finished within this long is abandoned.
-    handshake_timeout_s: float = 20.0
+    handshake_timeout_s: float = budget.HANDSHAKE_TIMEOUT_S
     #: Most handshakes in progress; beyond it the oldest is abandoned.  Only
     #: handshakes past the cookie exchange count (they come from real addresses).
-    max_handshakes: int = 256
+    max_handshakes: int = budget.MAX_HANDSHAKES
     #: Socket receive buffer (bursts of handshakes overflow the default).
     receive_buffer_bytes: int = 4 * 1024 * 1024
     #: Sessions one source host may hold; beyond it its least recently active
