@@ -79,6 +79,11 @@ PATH_TRADFRI_DEVICES: Final = ("15001",)
 PATH_TRADFRI_GROUPS: Final = ("15004",)
 
 
+def uri_path(path: tuple[str, ...]) -> str:
+    """A path as a client writes it: ``PATH_DEVICE`` is ``"/device"``."""
+    return "/" + "/".join(path)
+
+
 # --- CBOR map keys (text keys, so payloads read well in diagnostic notation) --
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from ..const import PATH_CLIENTS, uri_path
 from .common import EXIT_OK, Console, explained, make_client
 from .requests import _device_creds
 
@@ -61,7 +62,7 @@ async def cmd_clients(args: argparse.Namespace, registry: Any, console: Console)
     with explained(registry, creds.address):
         async with make_client(args, registry, console, creds) as client:
             if action == "list":
-                for c in (await client.get("/clients")).value:
+                for c in (await client.get(uri_path(PATH_CLIENTS))).value:
                     seen = c.get("last-seen")
                     when = (
                         time.strftime("%Y-%m-%d %H:%M", time.localtime(seen)) if seen else "never"

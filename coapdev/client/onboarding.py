@@ -14,11 +14,16 @@ from typing import Any
 
 from ..const import (
     FACTORY_IDENTITY,
+    PATH_DEVICE,
+    PATH_ONBOARD,
+    PATH_REKEY,
+    PATH_TRADFRI_ONBOARD,
     TRADFRI_IDENTITY,
     TRADFRI_PSK,
     ContentFormat,
     Key,
     KeyFormat,
+    uri_path,
 )
 from ..errors import (
     ClientError,
@@ -134,7 +139,9 @@ async def onboard_at(
     )
     body = onboard_request(name, text_key=text_key)
     async with Client(factory, timeout_s=timeout_s, trace=trace) as client:
-        response = await client.post("/onboard", body, content_format=ContentFormat.CBOR)
+        response = await client.post(
+            uri_path(PATH_ONBOARD), body, content_format=ContentFormat.CBOR
+        )
         answered_at = client.target
     try:
         answer = response.value
@@ -169,7 +176,7 @@ async def revoke_self(
         answer_lost = lost
     try:
         async with Client(credentials, timeout_s=timeout_s, trace=trace) as client:
-            await client.get("/device")
+            await client.get(uri_path(PATH_DEVICE))
     except HandshakeRejected:
         return  # the identity is gone: revoked
     except ClientError:
@@ -187,11 +194,13 @@ async def onboard_tradfri(
     factory = Credentials("", address, FACTORY_IDENTITY, factory_psk(canonical))
     async with Client(factory, timeout_s=timeout_s) as client:
         response = await client.post(
-            "/15011/9063", tradfri_request(identity), content_format=ContentFormat.JSON
+            uri_path(PATH_TRADFRI_ONBOARD),
+            tradfri_request(identity),
+            content_format=ContentFormat.JSON,
         )
         creds = parse_tradfri_answer(response.value, address, identity)
         async with Client(creds, timeout_s=timeout_s) as minted:
-            device = (await minted.get("/device")).value
+            device = (await minted.get(uri_path(PATH_DEVICE))).value
         creds.device_id = device[Key.ID.value]
     return creds
 
@@ -209,10 +218,10 @@ async def rekey(
     or lost packet at any point leaves a working key on both sides.
     """
     async with Client(credentials, timeout_s=timeout_s) as client:
-        answer = (await client.post("/rekey")).value
+        answer = (await client.post(uri_path(PATH_REKEY))).value
     new = parse_rekey_answer(credentials, answer)
     if save is not None:
         save(new)
     async with Client(new, timeout_s=timeout_s) as client:
-        await client.get("/device")  # first use confirms; the old key stops working
+        await client.get(uri_path(PATH_DEVICE))  # first use confirms; the old key stops working
     return new

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..const import Key
+from ..const import PATH_DEVICE, PATH_WELL_KNOWN_CORE, Key, uri_path
 from ..errors import (
     ClientError,
     DeviceUnreachable,
@@ -286,7 +286,7 @@ class Client:
                 block_size=2 ** (self.block_size_exp + 4),
             )
             try:
-                info = (await probe.get("/device")).value
+                info = (await probe.get(uri_path(PATH_DEVICE))).value
             except ClientError as exc:
                 log.info("device %s not reachable at %s: %s", creds.device_id, candidate, exc)
                 await probe.close()
@@ -358,7 +358,7 @@ class Client:
 
     async def resources(self) -> list[Link]:
         """The device's ``/.well-known/core``: what this client's role may use."""
-        response = await self.get("/.well-known/core")
+        response = await self.get(uri_path(PATH_WELL_KNOWN_CORE))
         return parse_links(response.payload)
 
     def observe(
@@ -425,7 +425,7 @@ class Client:
         return raw
 
     async def ping(self) -> None:
-        await self.get("/device")
+        await self.get(uri_path(PATH_DEVICE))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -9,6 +9,7 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from coapdev.const import PATH_DEMO_LIGHT
 from coapdev.errors import ConfigError
 
 from .resource import ResourceReader
@@ -85,9 +86,9 @@ class GatewayReader(ResourceReader):
                     f"{res.path_text} is already used by resource[{seen[res.path]}]",
                 )
             seen[res.path] = i
-        if demo_light and ("light",) in seen:
+        if demo_light and PATH_DEMO_LIGHT in seen:
             raise self.error(
-                f"resource[{seen[('light',)]}].path",
+                f"resource[{seen[PATH_DEMO_LIGHT]}].path",
                 "/light is taken by the built-in demo light (device.demo_light = true)",
             )
         return resources

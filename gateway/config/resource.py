@@ -8,7 +8,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from coapdev.const import ResourceKind
+from coapdev.const import (
+    PATH_CLIENTS,
+    PATH_DEVICE,
+    PATH_ONBOARD,
+    PATH_REKEY,
+    PATH_TRADFRI_DEVICES,
+    PATH_TRADFRI_GROUPS,
+    PATH_TRADFRI_ONBOARD,
+    PATH_WELL_KNOWN_CORE,
+    ResourceKind,
+)
 
 from .reader import Reader
 from .schema import (
@@ -33,14 +43,14 @@ _KINDS_WITH = {
 }
 #: First path segments (or two) served by built-in resources.
 _RESERVED = {
-    ("onboard",),
-    ("device",),
-    ("clients",),
-    ("rekey",),
-    (".well-known",),
-    ("15011",),  # Tradfri: onboarding and gateway information
-    ("15001",),  # Tradfri: devices
-    ("15004",),  # Tradfri: groups
+    PATH_ONBOARD,
+    PATH_DEVICE,
+    PATH_CLIENTS,
+    PATH_REKEY,
+    PATH_WELL_KNOWN_CORE[:1],
+    PATH_TRADFRI_ONBOARD[:1],  # Tradfri: onboarding and gateway information
+    PATH_TRADFRI_DEVICES,
+    PATH_TRADFRI_GROUPS,
 }
 
 
