@@ -992,6 +992,7 @@ def plot_scaling(sc: dict, directory: Path, plt: Any) -> Path:
     rss.plot(xs, values, marker="s", color="tab:green", label="RSS MiB")
     rss.set_ylabel("gateway RSS (MiB)")
     rss.set_ylim(0, max([v for v in values if v] + [10]) * 1.2)
+    ax_c.set_ylim(bottom=0)
     ax_c.legend(loc="lower left", fontsize=8)
     rss.legend(loc="lower right", fontsize=8)
     xs = [int(n) for n in sc["stored"]]
