@@ -18,6 +18,11 @@
  *   hold       N sessions kept alive, each sending one request every I ms,
  *              for D seconds; reports whether every session was served.
  *   echo       a trivial UDP echo server in C (the generator's own ceiling).
+ *   storm      a reconnect storm: N clients each hold a session and an Observe
+ *              registration; after "loadgen: ready" the caller restarts the
+ *              server and sends SIGUSR1; then every client reconnects at the
+ *              same moment, resends its last request and registers again; one
+ *              change (a PUT) checks that every observation was restored.
  *
  * Phase lines go to stderr ("loadgen: ready", "loadgen: done") so a caller
  * can sample the server between them; the result is one JSON object on
@@ -47,7 +52,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { M_COAP, M_UDP, M_HANDSHAKE, M_HOLD, M_ECHO };
+enum mode { M_COAP, M_UDP, M_HANDSHAKE, M_HOLD, M_ECHO, M_STORM };
 
 enum state {
     S_IDLE,       /* not connected (handshake mode: waiting to reconnect) */
@@ -100,6 +105,12 @@ static struct {
     int source_port_base; /* bind client sockets to ports from this base ... */
     int source_ports;     /* ... cycling over this many (0: the kernel picks) */
     long max_samples;
+    /* storm mode: the two payloads the change PUTs alternate (before and after the storm) */
+    unsigned char change[2][MAX_PAYLOAD];
+    int change_len[2];
+    int change_format;
+    int notify_wait_ms; /* how long to wait for the notifications of one change */
+    double storm_wait_s; /* how long to wait for SIGUSR1 */
 } opt = {
     .mode = M_COAP,
     .host = "127.0.0.1",
@@ -120,6 +131,9 @@ static struct {
     .method = 1,
     .content_format = -1,
     .max_samples = 50000000,
+    .change_format = 60,
+    .notify_wait_ms = 5000,
+    .storm_wait_s = 120,
 };
 
 static struct cred creds[MAX_CREDS];
@@ -227,6 +241,16 @@ struct client {
     uint64_t next_ns;       /* hold: next request; handshake: next connect */
     long responses;         /* answered during the measured phase */
     long hs_attempts;
+    /* storm mode */
+    int kind;               /* what the outstanding request is: K_LAST, K_REG, K_CHANGE */
+    int reply_observe;      /* the answer being completed carried an Observe option */
+    int obs_state;          /* OBS_NONE, OBS_REGISTERED, OBS_DECLINED */
+    unsigned char obs_token[4];
+    int answered;           /* its last request was answered (this round) */
+    int settled;            /* registered, declined or given up (this round) */
+    int notified_round;     /* the change round whose notification arrived */
+    uint64_t answered_ns;
+    long hs_retx, req_retx; /* retransmissions this round */
 };
 
 struct worker {
@@ -246,6 +270,59 @@ struct worker {
 };
 
 static struct worker workers[MAX_THREADS];
+
+/* ------------------------------------------------------------------ storm state */
+
+enum { K_LAST, K_REG, K_CHANGE };
+enum { OBS_NONE, OBS_REGISTERED, OBS_DECLINED };
+enum { P_SETUP, P_BASELINE, P_WAIT, P_STORM, P_CHANGE, P_DONE };
+static atomic_int storm_phase;
+static atomic_int go_flag;       /* SIGUSR1: the server is back, reconnect now */
+static atomic_int change_round;  /* 1 before the storm, 2 after */
+static atomic_int n_answered, n_registered, n_declined, n_settled, n_notified;
+static uint64_t storm_start_ns;
+
+static void on_go(int sig) {
+    (void)sig;
+    atomic_store(&go_flag, 1);
+}
+
+/* Does a CoAP message carry option number `want`?  (Options are sorted.) */
+static int has_option(const unsigned char *d, int n, int want) {
+    int i = 4 + (d[0] & 0xf), num = 0;
+    while (i < n && d[i] != 0xff) {
+        int delta = d[i] >> 4, len = d[i] & 0xf;
+        i++;
+        if (delta == 15 || len == 15) return 0;
+        if (delta == 13) {
+            if (i >= n) return 0;
+            delta = d[i++] + 13;
+        } else if (delta == 14) {
+            if (i + 1 >= n) return 0;
+            delta = (d[i] << 8 | d[i + 1]) + 269;
+            i += 2;
+        }
+        if (len == 13) {
+            if (i >= n) return 0;
+            len = d[i++] + 13;
+        } else if (len == 14) {
+            if (i + 1 >= n) return 0;
+            len = (d[i] << 8 | d[i + 1]) + 269;
+            i += 2;
+        }
+        num += delta;
+        if (num == want) return 1;
+        if (num > want) return 0;
+        i += len;
+    }
+    return 0;
+}
+
+static void settle(struct client *c) {
+    if (c->settled) return;
+    c->settled = 1;
+    atomic_fetch_add(&n_settled, 1);
+}
 
 static unsigned int psk_cb(SSL *ssl, const char *hint, char *identity, unsigned int max_identity,
                            unsigned char *psk, unsigned int max_psk) {
@@ -328,6 +405,50 @@ static void encode_request(struct client *c) {
     c->req_len = (int)(p - c->req);
 }
 
+/* Storm mode: the last request (GET), the Observe registration (GET, Observe 0) or the
+ * change (PUT of one of the two payloads), each with a fresh message id and token. */
+static void encode_storm(struct client *c, int kind) {
+    unsigned char *p = c->req;
+    c->mid++;
+    c->seq++;
+    uint32_t t = ((uint32_t)c->idx << 12) ^ (c->seq * 2654435761u);
+    c->token[0] = t >> 24;
+    c->token[1] = t >> 16;
+    c->token[2] = t >> 8;
+    c->token[3] = t;
+    *p++ = 0x40 | 4;
+    *p++ = kind == K_CHANGE ? 3 : 1;
+    *p++ = c->mid >> 8;
+    *p++ = c->mid & 0xff;
+    memcpy(p, c->token, 4);
+    p += 4;
+    int last = 0;
+    if (kind == K_REG) {
+        *p++ = 6 << 4; /* Observe: 0 (register), zero-length */
+        last = 6;
+    }
+    for (int i = 0; i < opt.nsegments; i++) {
+        int len = (int)strlen(opt.segments[i]);
+        if (len > 12) die("storm mode: path segments must be at most 12 bytes");
+        *p++ = (unsigned char)((11 - last) << 4 | len);
+        last = 11;
+        memcpy(p, opt.segments[i], len);
+        p += len;
+    }
+    if (kind == K_CHANGE) {
+        int r = (atomic_load(&change_round) - 1) & 1;
+        *p++ = (unsigned char)((12 - last) << 4 | 1);
+        *p++ = (unsigned char)opt.change_format;
+        if (opt.change_len[r] > 0) {
+            *p++ = 0xff;
+            memcpy(p, opt.change[r], opt.change_len[r]);
+            p += opt.change_len[r];
+        }
+    }
+    c->kind = kind;
+    c->req_len = (int)(p - c->req);
+}
+
 static int transmit(struct worker *w, struct client *c, const unsigned char *data, int len) {
     if (c->ssl) {
         int r = SSL_write(c->ssl, data, len);
@@ -364,6 +485,8 @@ static void close_client(struct worker *w, struct client *c, int notify) {
 }
 
 static void start_request(struct worker *w, struct client *c, uint64_t now);
+static int cmp_u32(const void *a, const void *b);
+static double pct(const uint32_t *v, long n, double p);
 static void finish_session(struct worker *w, struct client *c, uint64_t now);
 
 static int open_socket(struct worker *w, struct client *c) {
@@ -421,6 +544,9 @@ static void on_connected(struct worker *w, struct client *c, uint64_t now) {
             finish_session(w, c, now);
     } else if (opt.mode == M_HOLD) {
         c->next_ns = now + (uint64_t)(rand() % opt.interval_ms) * 1000000ull;
+    } else if (opt.mode == M_STORM) {
+        int phase = atomic_load(&storm_phase);
+        if (phase == P_SETUP || phase == P_STORM) start_request(w, c, now);
     } else if (atomic_load(&measuring) && !atomic_load(&stop_flag)) {
         start_request(w, c, now); /* a session re-established during the measured phase */
     }
@@ -480,7 +606,13 @@ static void start_connect(struct worker *w, struct client *c, uint64_t now) {
     drive_handshake(w, c, now);
 }
 
+static void start_storm_request(struct worker *w, struct client *c, int kind, uint64_t now);
+
 static void start_request(struct worker *w, struct client *c, uint64_t now) {
+    if (opt.mode == M_STORM) {
+        start_storm_request(w, c, c->answered ? K_REG : K_LAST, now);
+        return;
+    }
     encode_request(c);
     c->acked = 0;
     c->retransmits = 0;
@@ -492,6 +624,50 @@ static void start_request(struct worker *w, struct client *c, uint64_t now) {
         w->drops++;
         close_client(w, c, 0);
         c->next_ns = now + 10000000ull;
+    }
+}
+
+static void start_storm_request(struct worker *w, struct client *c, int kind, uint64_t now) {
+    encode_storm(c, kind);
+    c->acked = 0;
+    c->retransmits = 0;
+    c->first_sent_ns = now;
+    c->deadline_ns = now + (uint64_t)opt.timeout_ms * 1000000ull;
+    c->state = S_WAITING;
+    if (transmit(w, c, c->req, c->req_len) < 0) {
+        w->drops++;
+        close_client(w, c, 0);
+        c->next_ns = now + 10000000ull;
+    }
+}
+
+/* Storm mode: an answer to the outstanding request. */
+static void storm_complete(struct worker *w, struct client *c, int code, uint64_t now) {
+    w->codes[code & 0xff]++;
+    int ok = (code >> 5) == 2;
+    if (!ok) w->errors++;
+    c->state = S_READY;
+    if (c->kind == K_LAST) {
+        if (!ok) {
+            settle(c);
+            return;
+        }
+        if (!c->answered) {
+            c->answered = 1;
+            c->answered_ns = now;
+            atomic_fetch_add(&n_answered, 1);
+        }
+        start_storm_request(w, c, K_REG, now);
+    } else if (c->kind == K_REG) {
+        if (ok && c->reply_observe) {
+            c->obs_state = OBS_REGISTERED;
+            memcpy(c->obs_token, c->token, 4);
+            atomic_fetch_add(&n_registered, 1);
+        } else {
+            c->obs_state = OBS_DECLINED;
+            atomic_fetch_add(&n_declined, 1);
+        }
+        settle(c);
     }
 }
 
@@ -508,6 +684,10 @@ static void finish_session(struct worker *w, struct client *c, uint64_t now) {
 }
 
 static void complete_request(struct worker *w, struct client *c, int code, uint64_t now) {
+    if (opt.mode == M_STORM) {
+        storm_complete(w, c, code, now);
+        return;
+    }
     w->codes[code & 0xff]++;
     int ok = (code >> 5) == 2 || opt.mode == M_UDP;
     if (!ok) w->errors++;
@@ -550,6 +730,22 @@ static void on_datagram(struct worker *w, struct client *c, const unsigned char 
     }
     int type = (d[0] >> 4) & 3, tkl = d[0] & 0xf, code = d[1];
     uint16_t mid = (uint16_t)(d[2] << 8 | d[3]);
+    if (opt.mode == M_STORM) {
+        c->reply_observe = has_option(d, n, 6);
+        if (c->obs_state == OBS_REGISTERED && (type == 0 || type == 1) && tkl == 4 && n >= 8 &&
+            memcmp(d + 4, c->obs_token, 4) == 0) { /* a notification */
+            if (type == 0) {
+                unsigned char ack[4] = {0x60, 0, d[2], d[3]};
+                transmit(w, c, ack, 4);
+            }
+            int round = atomic_load(&change_round);
+            if (round > 0 && c->notified_round != round && (code >> 5) == 2) {
+                c->notified_round = round;
+                atomic_fetch_add(&n_notified, 1);
+            }
+            return;
+        }
+    }
     if (c->state != S_WAITING) {
         w->strays++;
         return;
@@ -623,7 +819,7 @@ static void on_readable(struct worker *w, struct client *c, uint64_t now) {
     int was_waiting = c->state == S_WAITING;
     close_client(w, c, 0);
     w->connected--;
-    if (was_waiting) w->failed++;
+    if (was_waiting && opt.mode != M_STORM) w->failed++;
     c->next_ns = now + 10000000ull;
 }
 
@@ -638,6 +834,7 @@ static void on_timer(struct worker *w, struct client *c, uint64_t now) {
         }
         struct timeval tv;
         if (DTLSv1_get_timeout(c->ssl, &tv) && tv.tv_sec == 0 && tv.tv_usec == 0) {
+            c->hs_retx++;
             if (DTLSv1_handle_timeout(c->ssl) < 0) {
                 w->hs_fail++;
                 ERR_clear_error();
@@ -653,7 +850,9 @@ static void on_timer(struct worker *w, struct client *c, uint64_t now) {
             w->timeouts++;
             w->failed++;
             c->state = S_READY;
-            if (opt.mode == M_HANDSHAKE) {
+            if (opt.mode == M_STORM) {
+                settle(c); /* given up: a failed client */
+            } else if (opt.mode == M_HANDSHAKE) {
                 close_client(w, c, 1);
                 c->next_ns = now;
             } else if (opt.mode == M_HOLD) {
@@ -665,6 +864,7 @@ static void on_timer(struct worker *w, struct client *c, uint64_t now) {
         }
         w->timeouts++;
         c->retransmits++;
+        c->req_retx++;
         c->deadline_ns = now + ((uint64_t)opt.timeout_ms << c->retransmits) * 1000000ull;
         transmit(w, c, c->req, c->req_len);
         return;
@@ -677,6 +877,10 @@ static void on_timer(struct worker *w, struct client *c, uint64_t now) {
         if (now < c->next_ns) return;
         if (opt.mode == M_HANDSHAKE) {
             if (atomic_load(&measuring) && !atomic_load(&stop_flag)) start_connect(w, c, now);
+        } else if (opt.mode == M_STORM) {
+            int phase = atomic_load(&storm_phase); /* no reconnecting while the server is away */
+            if ((phase == P_SETUP && w->in_flight_handshakes < w->ramp_limit) || phase == P_STORM)
+                start_connect(w, c, now);
         } else if (w->in_flight_handshakes < w->ramp_limit) {
             start_connect(w, c, now);
         }
@@ -733,6 +937,171 @@ static void *worker_main(void *arg) {
     pthread_barrier_wait(&barrier); /* main took its numbers */
     for (int i = 0; i < w->nclients; i++) close_client(w, &w->clients[i], 1);
     return NULL;
+}
+
+/* ------------------------------------------------------------------ storm mode */
+
+/* The change: the first registered client of worker 0 PUTs the payload of this round. */
+static void send_change(struct worker *w, uint64_t now) {
+    for (int i = 0; i < w->nclients; i++) {
+        struct client *c = &w->clients[i];
+        if (c->obs_state == OBS_REGISTERED && c->state == S_READY) {
+            start_storm_request(w, c, K_CHANGE, now);
+            return;
+        }
+    }
+}
+
+static void *storm_worker(void *arg) {
+    struct worker *w = arg;
+    uint64_t last_scan = 0;
+    int seen = P_SETUP;
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < w->nclients; i++) w->clients[i].next_ns = t0;
+    while (!atomic_load(&stop_flag)) {
+        int phase = atomic_load(&storm_phase);
+        if (phase == P_DONE) break;
+        if (phase != seen) {
+            uint64_t now = now_ns();
+            if (phase == P_STORM) { /* the server is back: everyone at once, on a new socket */
+                for (int i = 0; i < w->nclients; i++) {
+                    struct client *c = &w->clients[i];
+                    close_client(w, c, 0);
+                    c->answered = c->settled = 0;
+                    c->obs_state = OBS_NONE;
+                    c->hs_retx = c->req_retx = 0;
+                    c->next_ns = now;
+                }
+                for (int i = 0; i < w->nclients; i++) start_connect(w, &w->clients[i], now);
+            }
+            if ((phase == P_BASELINE || phase == P_CHANGE) && w->id == 0) send_change(w, now);
+            seen = phase;
+        }
+        loop_once(w, 1, &last_scan);
+    }
+    for (int i = 0; i < w->nclients; i++) close_client(w, &w->clients[i], 1);
+    return NULL;
+}
+
+/* Wait (bounded) until `counter` reaches `goal`. */
+static void wait_for(atomic_int *counter, int goal, double seconds) {
+    uint64_t deadline = now_ns() + (uint64_t)(seconds * 1e9);
+    while (atomic_load(counter) < goal && now_ns() < deadline && !atomic_load(&stop_flag)) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int run_storm(struct client *all) {
+    signal(SIGUSR1, on_go);
+    double cpu0 = cpu_s();
+    uint64_t t0 = now_ns();
+    for (int t = 0; t < opt.threads; t++)
+        pthread_create(&workers[t].thread, NULL, storm_worker, &workers[t]);
+    wait_for(&n_settled, opt.clients, opt.setup_timeout_s);
+    int setup_answered = atomic_load(&n_answered), setup_registered = atomic_load(&n_registered);
+    int setup_declined = atomic_load(&n_declined);
+    double setup_s = (now_ns() - t0) / 1e9;
+    atomic_store(&change_round, 1);
+    atomic_store(&storm_phase, P_BASELINE);
+    wait_for(&n_notified, setup_registered, opt.notify_wait_ms / 1000.0);
+    int setup_notified = atomic_load(&n_notified);
+    atomic_store(&storm_phase, P_WAIT);
+    fprintf(stderr, "loadgen: ready sessions=%d registered=%d notified=%d\n", setup_answered,
+            setup_registered, setup_notified);
+    uint64_t wait_deadline = now_ns() + (uint64_t)(opt.storm_wait_s * 1e9);
+    while (!atomic_load(&go_flag) && !atomic_load(&stop_flag) && now_ns() < wait_deadline) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    int go = atomic_load(&go_flag);
+    double cpu1 = cpu_s();
+    for (int t = 0; t < opt.threads; t++) { /* what happened while waiting is not the storm's */
+        struct worker *w = &workers[t];
+        w->errors = w->timeouts = w->failed = w->strays = w->drops = w->hs_ok = w->hs_fail = 0;
+        memset(w->codes, 0, sizeof w->codes);
+    }
+    atomic_store(&n_answered, 0);
+    atomic_store(&n_registered, 0);
+    atomic_store(&n_declined, 0);
+    atomic_store(&n_settled, 0);
+    atomic_store(&n_notified, 0);
+    storm_start_ns = now_ns();
+    double storm_s = 0, notify_s = 0;
+    int storm_registered = 0;
+    if (go) {
+        atomic_store(&storm_phase, P_STORM);
+        fprintf(stderr, "loadgen: storm\n");
+        wait_for(&n_settled, opt.clients, opt.duration_s);
+        storm_s = (now_ns() - storm_start_ns) / 1e9;
+        storm_registered = atomic_load(&n_registered);
+        uint64_t change_ns = now_ns();
+        atomic_store(&change_round, 2);
+        atomic_store(&storm_phase, P_CHANGE);
+        wait_for(&n_notified, storm_registered, opt.notify_wait_ms / 1000.0);
+        notify_s = (now_ns() - change_ns) / 1e9;
+    }
+    double cpu2 = cpu_s();
+    atomic_store(&storm_phase, P_DONE);
+    fprintf(stderr, "loadgen: done\n");
+    for (int t = 0; t < opt.threads; t++) pthread_join(workers[t].thread, NULL);
+
+    long errors = 0, timeouts = 0, failed = 0, drops = 0, hs_ok = 0, hs_fail = 0, codes[256] = {0};
+    for (int t = 0; t < opt.threads; t++) {
+        struct worker *w = &workers[t];
+        errors += w->errors;
+        timeouts += w->timeouts;
+        failed += w->failed;
+        drops += w->drops;
+        hs_ok += w->hs_ok;
+        hs_fail += w->hs_fail;
+        for (int k = 0; k < 256; k++) codes[k] += w->codes[k];
+    }
+    uint32_t *lat = malloc((opt.clients ? opt.clients : 1) * sizeof *lat);
+    long answered = 0, retx_clients = 0, hs_retx = 0, req_retx = 0;
+    for (int i = 0; i < opt.clients; i++) {
+        struct client *c = &all[i];
+        if (c->answered) lat[answered++] = (uint32_t)((c->answered_ns - storm_start_ns) / 1000);
+        if (c->hs_retx || c->req_retx) retx_clients++;
+        hs_retx += c->hs_retx;
+        req_retx += c->req_retx;
+    }
+    qsort(lat, answered, sizeof *lat, cmp_u32);
+    double sum = 0;
+    for (long i = 0; i < answered; i++) sum += lat[i];
+    printf("{\"mode\": \"storm\", \"clients\": %d, \"threads\": %d, ", opt.clients, opt.threads);
+    printf("\"setup\": {\"answered\": %d, \"registered\": %d, \"declined\": %d, "
+           "\"notified\": %d, \"elapsed_s\": %.3f}, ",
+           setup_answered, setup_registered, setup_declined, setup_notified, setup_s);
+    printf("\"go\": %s, \"answered\": %ld, \"unanswered\": %ld, ", go ? "true" : "false",
+           answered, opt.clients - answered);
+    printf("\"all_answered_ms\": %.3f, ",
+           answered == opt.clients && answered ? lat[answered - 1] / 1000.0 : -1.0);
+    printf("\"reconnect_ms\": {\"n\": %ld, \"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, "
+           "\"p99\": %.3f, \"max\": %.3f}, ",
+           answered, answered ? sum / answered / 1000.0 : -1.0, pct(lat, answered, 50),
+           pct(lat, answered, 90), pct(lat, answered, 99),
+           answered ? lat[answered - 1] / 1000.0 : -1.0);
+    printf("\"registered\": %d, \"declined\": %d, \"notified\": %d, ", storm_registered,
+           atomic_load(&n_declined), atomic_load(&n_notified));
+    printf("\"settled_s\": %.4f, \"notify_s\": %.4f, ", storm_s, notify_s);
+    printf("\"clients_retransmitting\": %ld, \"handshake_retransmissions\": %ld, "
+           "\"request_retransmissions\": %ld, ",
+           retx_clients, hs_retx, req_retx);
+    printf("\"errors\": %ld, \"timeouts\": %ld, \"failed\": %ld, \"drops\": %ld, "
+           "\"handshakes_ok\": %ld, \"handshake_failures\": %ld, ",
+           errors, timeouts, failed, drops, hs_ok, hs_fail);
+    printf("\"setup_cpu_s\": %.4f, \"cpu_s\": %.4f, \"codes\": {", cpu1 - cpu0, cpu2 - cpu1);
+    int first = 1;
+    for (int k = 0; k < 256; k++) {
+        if (!codes[k]) continue;
+        printf("%s\"%d.%02d\": %ld", first ? "" : ", ", k >> 5, k & 31, codes[k]);
+        first = 0;
+    }
+    printf("}}\n");
+    fflush(stdout);
+    free(lat);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ echo server mode */
@@ -845,7 +1214,7 @@ static int parse_hex(const char *s, unsigned char *out, int max) {
 }
 
 static void usage(void) {
-    fputs("usage: loadgen coap|udp|handshake|hold|echo [options]\n"
+    fputs("usage: loadgen coap|udp|handshake|hold|echo|storm [options]\n"
           "  --host H --port P            server (default 127.0.0.1:5684)\n"
           "  --identity ID                PSK identity\n"
           "  --key TEXT | --key-hex HEX   PSK\n"
@@ -863,7 +1232,12 @@ static void usage(void) {
           "  --cipher LIST                OpenSSL cipher list (default PSK-AES128-CCM8)\n"
           "  --source-port-base B --source-ports K   bind clients to ports B..B+K-1, cycling\n"
           "  --no-close-notify            end sessions without close_notify (just drop them)\n"
-          "  --query-per-client           add Uri-Query c=N (N: the client index) to each request\n",
+          "  --query-per-client           add Uri-Query c=N (N: the client index) to each request\n"
+          "  storm: --change-hex A,B      payloads of the change PUTs before / after the storm\n"
+          "         --change-format N     their Content-Format (default 60, CBOR)\n"
+          "         --notify-wait-ms T    wait at most T ms for a change's notifications\n"
+          "         --storm-wait S        wait at most S s for SIGUSR1 (the server is back)\n"
+          "         --duration S          the storm: at most S s for every client to settle\n",
           stderr);
     exit(2);
 }
@@ -893,6 +1267,7 @@ static void parse_args(int argc, char **argv) {
     else if (!strcmp(m, "handshake")) opt.mode = M_HANDSHAKE;
     else if (!strcmp(m, "hold")) opt.mode = M_HOLD;
     else if (!strcmp(m, "echo")) opt.mode = M_ECHO;
+    else if (!strcmp(m, "storm")) opt.mode = M_STORM;
     else usage();
     static char path_buf[512] = "light";
     const char *identity = NULL, *key = NULL, *key_hex = NULL, *creds_file = NULL;
@@ -930,7 +1305,19 @@ static void parse_args(int argc, char **argv) {
             const char *v = ARG();
             opt.method = !strcmp(v, "get") ? 1 : !strcmp(v, "post") ? 2 : !strcmp(v, "put") ? 3 : 0;
             if (!opt.method) usage();
-        } else if (!strcmp(a, "--payload-hex")) {
+        } else if (!strcmp(a, "--change-hex")) {
+            char buf[2 * MAX_PAYLOAD + 2];
+            snprintf(buf, sizeof buf, "%s", ARG());
+            char *comma = strchr(buf, ',');
+            if (!comma) die("--change-hex wants two payloads: A,B");
+            *comma = 0;
+            opt.change_len[0] = parse_hex(buf, opt.change[0], MAX_PAYLOAD);
+            opt.change_len[1] = parse_hex(comma + 1, opt.change[1], MAX_PAYLOAD);
+            if (opt.change_len[0] < 0 || opt.change_len[1] < 0) die("bad --change-hex");
+        } else if (!strcmp(a, "--change-format")) opt.change_format = atoi(ARG());
+        else if (!strcmp(a, "--notify-wait-ms")) opt.notify_wait_ms = atoi(ARG());
+        else if (!strcmp(a, "--storm-wait")) opt.storm_wait_s = atof(ARG());
+        else if (!strcmp(a, "--payload-hex")) {
             opt.payload_len = parse_hex(ARG(), opt.payload, MAX_PAYLOAD);
             if (opt.payload_len < 0) die("bad --payload-hex");
         } else usage();
@@ -984,6 +1371,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_watchdog);
     double setup = opt.wait_ready_s > 0 ? opt.wait_ready_s : opt.setup_timeout_s;
+    if (opt.mode == M_STORM) setup += opt.storm_wait_s + 2 * opt.notify_wait_ms / 1000.0;
     alarm((unsigned int)(opt.duration_s + setup + 30));
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -1023,6 +1411,7 @@ int main(int argc, char **argv) {
         all[i].mid = (uint16_t)rand();
         all[i].cred = ncreds ? &creds[i % ncreds] : NULL;
     }
+    if (opt.mode == M_STORM) return run_storm(all);
     pthread_barrier_init(&barrier, NULL, opt.threads + 1);
     for (int t = 0; t < opt.threads; t++) pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]);
 
@@ -1068,7 +1457,7 @@ int main(int argc, char **argv) {
     }
     double elapsed = (phase_end - phase_start_ns) / 1e9;
     long done = atomic_load(&total_done);
-    static const char *names[] = {"coap", "udp", "handshake", "hold", "echo"};
+    static const char *names[] = {"coap", "udp", "handshake", "hold", "echo", "storm"};
     printf("{\"mode\": \"%s\", \"clients\": %d, \"threads\": %d, \"sessions\": %d, ",
            names[opt.mode], opt.clients, opt.threads, sessions);
     printf("\"count\": %ld, \"elapsed_s\": %.4f, \"rate\": %.1f, ", done, elapsed,

@@ -64,3 +64,46 @@ def test_quick_bench_runs_clean_and_prints_the_table_and_targets(tmp_path):
     assert result["summary"]["key_numbers"]["get32"] > 0
     for name in ("bench-concurrency.png", "bench-sustained.png"):
         assert (plots / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_quick_storm_and_scaling_run_alone_and_print_their_lines_and_targets(tmp_path):
+    """``--only storm,scaling``: the reconnect storm (coapdev beside libcoap) and the
+    cost-per-step lines, their targets, the JSON block and the plot; nothing else runs."""
+    if shutil.which("gcc") is None or shutil.which("coap-server-openssl") is None:
+        pytest.skip("needs gcc, libssl-dev and libcoap3-bin (tools/setup --test)")
+    numbers = tmp_path / "bench.json"
+    plots = tmp_path / "plots"
+    proc = subprocess.run(
+        [
+            str(REPO / "tools" / "bench"),
+            "--quick",
+            "--only",
+            "storm,scaling",
+            "--json",
+            str(numbers),
+            "--plot",
+            str(plots),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-6000:] + proc.stderr[-3000:]
+    assert "aiocoap stock" not in out  # the other scenarios did not run
+    assert "Reconnect storm" in out and "Cost that grows with the work" in out
+    for server in ("coapdev ", "libcoap "):
+        assert any(line.startswith(f"  {server}") for line in out.splitlines()), server
+    verdicts = [line for line in out.splitlines() if line.startswith(("  PASS  ", "  MISS  "))]
+    assert len(verdicts) == 3, "\n".join(verdicts)
+    for target in ("1000 clients all answered again", "per-request CPU flat", "per live session"):
+        assert any(target in line for line in verdicts), target
+    assert "Errors: 0 (none)" in out
+    result = json.loads(numbers.read_text())
+    assert result["scenarios"] == ["scaling", "storm"]
+    storm = result["summary"]["storm"]["coapdev"]["1000"]
+    assert storm["before"] == 1000  # every observation registered and notified before
+    assert set(result["scaling"]["clients"]) == {"1", "8", "32", "256", "1000"}
+    assert (plots / "bench-scaling.png").read_bytes().startswith(b"\x89PNG")

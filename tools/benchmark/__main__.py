@@ -11,7 +11,7 @@ from pathlib import Path
 from . import report
 from .loadgen import BuildError, Loadgen, build
 from .procs import stop_all
-from .suite import Bench, Settings
+from .suite import SCENARIOS, Bench, Settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,6 +38,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, state directories)"
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME[,NAME]",
+        help="run only these scenarios: " + ", ".join(SCENARIOS) + " (default: all; "
+        "--quick leaves out storm and scaling unless named)",
+    )
     return p.parse_args(argv)
 
 
@@ -47,6 +54,11 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    only = frozenset(n.strip() for item in args.only or [] for n in item.split(",") if n.strip())
+    unknown = sorted(only - set(SCENARIOS))
+    if unknown:
+        print(f"tools/bench: unknown scenario {', '.join(unknown)}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     settings = Settings.make(
         quick=args.quick,
@@ -61,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         except BuildError as exc:
             print(f"tools/bench: {exc}", file=sys.stderr)
             return 2
-        bench = Bench(settings, workdir, Loadgen(binary))
+        bench = Bench(settings, workdir, Loadgen(binary), only)
         try:
             bench.run_all()
         except KeyboardInterrupt:

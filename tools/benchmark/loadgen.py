@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,98 @@ class Loadgen:
             run.rss_at_done_kib = marks["done"][2]
             run.system_busy_s = busy["done"] - busy["ready"]
         return run
+
+
+@dataclass
+class StormRun:
+    """A reconnect storm: the generator's JSON plus the restarted server's peak RSS and CPU."""
+
+    result: dict[str, Any]
+    #: RSS of the server before the restart, holding every session and observation.
+    rss_before_kib: int = 0
+    #: Highest RSS of the restarted server from the storm's start to the generator's end.
+    rss_peak_kib: int = 0
+    #: CPU seconds the restarted server used over the same span.
+    server_cpu_s: float | None = None
+    #: Seconds from stopping the old server to the new one listening.
+    restart_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(
+            self.result,
+            rss_before_kib=self.rss_before_kib,
+            rss_peak_kib=self.rss_peak_kib,
+            server_cpu_s=self.server_cpu_s,
+            restart_s=self.restart_s,
+        )
+
+
+def storm(
+    lg: Loadgen,
+    *,
+    server: Proc,
+    restart: Callable[[], Proc],
+    sample_every_s: float = 0.02,
+    **options: Any,
+) -> StormRun:
+    """``loadgen storm``: set up, then ``restart()`` the server (it returns the new process,
+    listening), SIGUSR1 the generator and sample the new server until the generator ends.
+    Every wait is bounded."""
+    setup = float(options.get("setup_timeout", 60))
+    wait = float(options.get("storm_wait", 120))
+    limit = setup + wait + float(options.get("duration", 20)) + 2 * 5 + 40
+    proc = lg.start("storm", **options)
+    ready = threading.Event()
+    storming = threading.Event()
+    other: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("loadgen: ready"):
+                ready.set()
+            elif line.startswith("loadgen: storm"):
+                storming.set()
+            elif not line.startswith("loadgen: done"):
+                other.append(line.rstrip())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + limit
+    run = StormRun(result={})
+    try:
+        while not ready.wait(0.05):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LoadgenError(f"loadgen storm never got ready: {' '.join(other[-3:])}")
+        run.rss_before_kib = server.rss_kib()
+        t0 = time.monotonic()
+        new = restart()
+        run.restart_s = time.monotonic() - t0
+        cpu0 = new.cpu_s()
+        os.kill(proc.pid, signal.SIGUSR1)
+        peak = new.rss_kib()
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise LoadgenError(f"loadgen storm did not finish in {limit:.0f} s")
+            peak = max(peak, new.rss_kib())
+            time.sleep(sample_every_s)
+        run.rss_peak_kib = max(peak, new.rss_kib())
+        run.server_cpu_s = new.cpu_s() - cpu0 if new.alive() else None
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        reader.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    if proc.returncode != 0:
+        raise LoadgenError(f"loadgen storm exited with status {proc.returncode}: {other[-5:]}")
+    try:
+        run.result = json.loads(out)
+    except ValueError:
+        raise LoadgenError(f"loadgen storm printed no JSON: {out[:200]!r}") from None
+    return run

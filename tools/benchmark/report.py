@@ -660,6 +660,160 @@ def big_store_info(results: dict) -> list[str]:
     return lines
 
 
+# --- issue 15: the reconnect storm and the cost that grows with the work ----------------
+
+#: The storm target: every client answered again within this, none failed, all restored.
+STORM_TARGET_MS = 2000
+STORM_TARGET_CLIENTS = 1000
+#: RSS per live session (KiB).
+SESSION_KIB_TARGET = 8
+#: The scenarios the tables and targets above belong to (before issue 15).
+CLASSIC = frozenset(
+    ("ceiling", "echo", "spawn", "libcoap", "aiocoap", "coapdev", "stored", "handshakes", "help")
+)
+
+
+def scenarios(results: dict) -> set[str]:
+    return set(results.get("scenarios") or CLASSIC)
+
+
+def storm_runs(results: dict, server: str, n: int) -> list[dict]:
+    return [r for r in dig(results, "storm", server, str(n)) or [] if r.get("go")]
+
+
+def storm_numbers(results: dict, server: str, n: int) -> dict[str, Any] | None:
+    """Medians over the runs; failures and restored observations: the worst run."""
+    items = storm_runs(results, server, n)
+    if not items:
+        return None
+    every = [i["all_answered_ms"] if i["all_answered_ms"] >= 0 else None for i in items]
+    return {
+        "runs": len(items),
+        "all_answered_ms": None if None in every else median(every),
+        "p99_ms": median(i["reconnect_ms"]["p99"] for i in items if i["answered"]),
+        "unanswered": max(i["unanswered"] for i in items),
+        "retransmitting": max(i["clients_retransmitting"] for i in items),
+        "restored": min(i["notified"] for i in items),
+        "before": min(i["setup"]["notified"] for i in items),
+        "rss_before_kib": median(i["rss_before_kib"] for i in items),
+        "rss_peak_kib": max(i["rss_peak_kib"] for i in items),
+        "server_cpu_s": median(i.get("server_cpu_s") for i in items),
+    }
+
+
+def storm_lines(results: dict) -> list[str]:
+    out = dig(results, "storm") or {}
+    if not out:
+        return []
+    head = (
+        "Reconnect storm (server restarted; every client reconnects at once, resends its last "
+        "GET and registers its observation again; then one change):"
+    )
+    lines = [head]
+    cols = (
+        "server   clients  all answered ms  p99 ms  failed  retransmitted  restored  "
+        "RSS MiB before / peak  CPU s"
+    )
+    lines.append("  " + cols)
+    for server in ("coapdev", "libcoap"):
+        for n in sorted(int(k) for k in out.get(server, {})):
+            k = storm_numbers(results, server, n)
+            if k is None:
+                lines.append(f"  {server:<8} {n:>7}  (no run)")
+                continue
+            every = num(k["all_answered_ms"]) if k["all_answered_ms"] is not None else "never"
+            lines.append(
+                f"  {server:<8} {n:>7}  {every:>15}  {num(k['p99_ms']):>6}  "
+                f"{k['unanswered']:>6}  {k['retransmitting']:>13}  "
+                f"{k['restored']:>4}/{n:<4}  "
+                f"{pair(k['rss_before_kib'], k['rss_peak_kib'], 'mib'):>21}  "
+                f"{num(k['server_cpu_s']):>5}"
+            )
+    lines.append(
+        "  (failed: not answered within the bound; retransmitted: clients that sent a handshake "
+        "flight or request again; restored: a notification after the change; worst run)"
+    )
+    return lines
+
+
+def scaling_lines(results: dict) -> list[str]:
+    sc = results.get("scaling")
+    if not sc:
+        return []
+    lines = ["Cost that grows with the work (coapdev; one line per step):"]
+    for n, v in sc["clients"].items():
+        lines.append(
+            f"  {n:>6} clients          GET/s {num(v['get_per_s'], 'rate'):>7}   "
+            f"p99 {num(v['p99_ms']):>5} ms   RSS {num(v['rss_kib'], 'mib')} MiB"
+        )
+    for n, v in sc["stored"].items():
+        lines.append(
+            f"  {n:>6} stored clients   GET/s {num(v['get_per_s'], 'rate'):>7}   "
+            f"CPU {num(v['cpu_us_per_get'])} us/GET   RSS idle {num(v['rss_idle_kib'], 'mib')} MiB"
+        )
+    for n, v in sc["sessions"].items():
+        per = num(v["kib_per_session"])
+        lines.append(
+            f"  {n:>6} live sessions    served {v['served']}   RSS {num(v['rss_kib'], 'mib')} MiB"
+            f"   {per} KiB per live session (above idle)"
+        )
+    return lines
+
+
+def new_targets(results: dict) -> list[Target]:
+    ran = scenarios(results)
+    found: list[Target] = []
+    if "storm" in ran:
+        n = STORM_TARGET_CLIENTS
+        k = storm_numbers(results, "coapdev", n)
+        text = (
+            f"{n} clients all answered again within {STORM_TARGET_MS / 1000:g} s after a restart, "
+            "0 failures, every observation restored"
+        )
+        if k is None:
+            found.append(Target(text, None, STORM_TARGET_MS, False, ""))
+        else:
+            bad = k["unanswered"] or k["restored"] < n or k["all_answered_ms"] is None
+            value = None if bad else k["all_answered_ms"]
+            shown = (
+                f"{num(k['all_answered_ms'])} ms, {k['unanswered']} failed, "
+                f"{k['restored']}/{n} restored"
+            )
+            note = (
+                f"{'never all' if k['all_answered_ms'] is None else num(k['all_answered_ms'])}"
+                f" ms, {k['unanswered']} failed, {k['restored']}/{n} restored"
+            )
+            found.append(Target(text, value, STORM_TARGET_MS, False, shown, note))
+    sc = results.get("scaling")
+    if "scaling" in ran and sc:
+        stored = sorted(int(n) for n in sc["stored"])
+        lo, hi = sc["stored"][str(stored[0])], sc["stored"][str(stored[-1])]
+        cost = ratio(hi["cpu_us_per_get"], lo["cpu_us_per_get"])
+        found.append(
+            Target(
+                f"per-request CPU flat, {stored[0]} -> {stored[-1]} stored clients "
+                f"(ratio <= {FLAT_RATIO})",
+                cost,
+                FLAT_RATIO,
+                False,
+                f"ratio {cost or 0:.2f} ({num(lo['cpu_us_per_get'])} -> "
+                f"{num(hi['cpu_us_per_get'])} us)",
+            )
+        )
+        most = max(int(n) for n in sc["sessions"])
+        per = sc["sessions"][str(most)]["kib_per_session"]
+        found.append(
+            Target(
+                f"RSS per live session <= {SESSION_KIB_TARGET} KiB ({most} held, above idle)",
+                per,
+                SESSION_KIB_TARGET,
+                False,
+                f"{num(per)} KiB",
+            )
+        )
+    return found
+
+
 def report(results: dict) -> str:
     m = results["machine"]
     s = results["settings"]
@@ -670,6 +824,7 @@ def report(results: dict) -> str:
         if other
         else "other load not measured"
     )
+    classic = bool(scenarios(results) & CLASSIC)
     lines = [
         "",
         f"coapdev benchmark ({results['mode']} mode): {m.get('cores')} cores, {m.get('cpu')}, "
@@ -677,21 +832,27 @@ def report(results: dict) -> str:
         f"libcoap {m.get('libcoap')}, aiocoap {m.get('aiocoap')}, DTLSSocket {m.get('DTLSSocket')}",
         f"commit {m.get('commit')}; medians of {s['runs']} run(s) (min-max); GET runs "
         f"{s['duration_s']:g} s; all on 127.0.0.1; gateway at --log-level warning; {busy}",
+        f"scenarios: {', '.join(results.get('scenarios') or sorted(CLASSIC))}",
         "",
-        table(results),
-        "",
-        *ratios(results),
-        "",
-        "Targets (coapdev; misses are reported, never a failure):",
-        *(target.line() for target in targets(results)),
-        *big_store_info(results),
-        "  INFO  ratio to libcoap (GET/s at 32 clients): "
-        + (
-            f"{ratio(key_numbers(results)['get32'], key_numbers(results)['libcoap32']):.2f}x"
-            if key_numbers(results)["libcoap32"] and key_numbers(results)["get32"]
-            else "-"
-        ),
     ]
+    if classic:
+        lines += [table(results), "", *ratios(results), ""]
+    extra = [*storm_lines(results), ""] if results.get("storm") else []
+    extra += [*scaling_lines(results), ""] if results.get("scaling") else []
+    lines += extra
+    lines.append("Targets (coapdev; misses are reported, never a failure):")
+    if classic:
+        lines += [
+            *(target.line() for target in targets(results)),
+            *big_store_info(results),
+            "  INFO  ratio to libcoap (GET/s at 32 clients): "
+            + (
+                f"{ratio(key_numbers(results)['get32'], key_numbers(results)['libcoap32']):.2f}x"
+                if key_numbers(results)["libcoap32"] and key_numbers(results)["get32"]
+                else "-"
+            ),
+        ]
+    lines += [target.line() for target in new_targets(results)]
     if results.get("notes"):
         lines += ["", "Notes:", *(f"  - {note}" for note in results["notes"])]
     lines.append("")
@@ -708,8 +869,12 @@ def summary(results: dict) -> dict[str, Any]:
         "key_numbers": key_numbers(results),
         "targets": [
             {"target": t.text, "status": t.status(), "value": t.value, "goal": t.goal}
-            for t in targets(results)
+            for t in [*targets(results), *new_targets(results)]
         ],
+        "storm": {
+            server: {n: storm_numbers(results, server, int(n)) for n in levels}
+            for server, levels in (dig(results, "storm") or {}).items()
+        },
     }
 
 
@@ -762,6 +927,9 @@ def plot(results: dict, directory: Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
+    if results.get("scaling"):
+        written.append(plot_scaling(results["scaling"], directory, plt))
+
     run = dig(results, "servers", "coapdev", "sustained") or {}
     series = run.get("series") or []
     if series:
@@ -808,3 +976,57 @@ def plot(results: dict, directory: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_scaling(sc: dict, directory: Path, plt: Any) -> Path:
+    """Three panels: GET/s and RSS per doubling of clients, CPU per GET against stored
+    clients, RSS against live sessions."""
+    fig, (ax_c, ax_s, ax_h) = plt.subplots(1, 3, figsize=(15, 4.4))
+    xs = [int(n) for n in sc["clients"]]
+    ax_c.plot(xs, [v["get_per_s"] for v in sc["clients"].values()], marker="o", label="GET/s")
+    ax_c.set_xscale("log", base=2)
+    ax_c.set_xlabel("concurrent clients")
+    ax_c.set_ylabel("GET/s")
+    rss = ax_c.twinx()
+    values = [v["rss_kib"] / 1024 if v["rss_kib"] else None for v in sc["clients"].values()]
+    rss.plot(xs, values, marker="s", color="tab:green", label="RSS MiB")
+    rss.set_ylabel("gateway RSS (MiB)")
+    rss.set_ylim(0, max([v for v in values if v] + [10]) * 1.2)
+    ax_c.set_ylim(bottom=0)
+    ax_c.legend(loc="lower left", fontsize=8)
+    rss.legend(loc="lower right", fontsize=8)
+    xs = [int(n) for n in sc["stored"]]
+    ax_s.plot(xs, [v["cpu_us_per_get"] for v in sc["stored"].values()], marker="o")
+    first = next(iter(sc["stored"].values()))["cpu_us_per_get"]
+    if first:
+        ax_s.axhline(first * FLAT_RATIO, color="grey", linestyle=":", label="flat: 1.15x")
+        ax_s.legend(fontsize=8)
+    ax_s.set_xscale("log")
+    ax_s.set_ylim(bottom=0)
+    ax_s.set_xlabel("stored clients")
+    ax_s.set_ylabel("server CPU us per GET (32 clients)")
+    xs = [int(n) for n in sc["sessions"]]
+    ax_h.bar(
+        [str(n) for n in xs],
+        [(v["rss_kib"] or 0) / 1024 for v in sc["sessions"].values()],
+        color="tab:green",
+    )
+    for i, v in enumerate(sc["sessions"].values()):
+        if v["kib_per_session"] is not None:
+            ax_h.annotate(
+                f"{v['kib_per_session']:.1f} KiB/session",
+                (i, (v["rss_kib"] or 0) / 1024),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ax_h.set_xlabel("live sessions held")
+    ax_h.set_ylabel("gateway RSS (MiB, highest)")
+    for ax in (ax_c, ax_s, ax_h):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("coapdev: cost that grows with the work")
+    fig.tight_layout()
+    path = directory / "bench-scaling.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

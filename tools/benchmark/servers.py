@@ -110,17 +110,18 @@ def libcoap_binary() -> str | None:
     return shutil.which("coap-server-openssl")
 
 
-def start_libcoap(workdir: Path) -> Server:
+def start_libcoap(workdir: Path, port: int | None = None, log: str = "libcoap") -> Server:
+    """coap-server-openssl on a fresh port pair, or on ``port`` (DTLS) again after a restart."""
     binary = libcoap_binary()
     if binary is None:
         raise StartError(
             "coap-server-openssl not found: install libcoap3-bin "
             "(sudo apt-get install -y libcoap3-bin, or tools/setup --test)"
         )
-    plain = free_udp_port(HOST, pair=True)
+    plain = port - 1 if port else free_udp_port(HOST, pair=True)
     port = plain + 1  # coap-server listens for DTLS on its port + 1
     argv = [binary, "-A", HOST, "-p", str(plain), "-k", REFERENCE_KEY.decode(), "-d", "4"]
-    proc = Proc("libcoap coap-server-openssl", argv, workdir / "libcoap.log").start()
+    proc = Proc("libcoap coap-server-openssl", argv, workdir / f"{log}.log").start()
     proc.wait_for_udp_port(port)
     _put_plain(plain, ("light",), PAYLOAD)
     return Server("libcoap", proc, port, Credentials(REFERENCE_IDENTITY, REFERENCE_KEY))
@@ -272,3 +273,17 @@ def onboarding_payload(name: str = "bench-onboard") -> bytes:
     import cbor2
 
     return cbor2.dumps({"name": name, "key-format": "text"})
+
+
+def write_creds(state_dir: Path, path: Path, count: int) -> Path:
+    """The first ``count`` clients of a :func:`populate_store` directory as the load
+    generator's ``--creds`` file (``identity hexkey`` per line): one identity per client."""
+    from coapdev.store import read_state
+
+    _, clients = read_state(state_dir)
+    wanted = {f"bench-{i:05d}" for i in range(count)}
+    lines = [f"{r.identity} {bytes(r.key).hex()}" for r in clients if r.identity in wanted]
+    if len(lines) != count:
+        raise StartError(f"{state_dir}: {len(lines)} of {count} clients found for the storm")
+    path.write_text("\n".join(sorted(lines)) + "\n")
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import servers
-from .loadgen import Loadgen, LoadgenError, Run
+from .loadgen import Loadgen, LoadgenError, Run, storm
 from .procs import StartError, free_udp_port, system_busy_s
 from .servers import HOST, Server
 
@@ -33,6 +33,24 @@ QUIET_WAIT_PER_RUN_S = 60.0
 QUIET_WAIT_TOTAL_S = 600.0
 #: Full mode: a run this long on the big store spans at least one last-seen write.
 STORE_FLUSH_RUN_S = 125.0
+#: Payloads of the storm's two changes (CBOR {"on": true}, then {"on": false}).
+STORM_CHANGES = ("a1626f6ef5", "a1626f6ef4")
+#: The scenarios ``--only`` can pick; every one runs in the full mode, quick mode
+#: leaves out the two added for issue 15 (storm, scaling) unless they are named.
+SCENARIOS = (
+    "ceiling",
+    "echo",
+    "spawn",
+    "libcoap",
+    "aiocoap",
+    "coapdev",
+    "stored",
+    "handshakes",
+    "help",
+    "storm",
+    "scaling",
+)
+QUICK_LEAVES_OUT = frozenset({"storm", "scaling"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,15 @@ class Settings:
     stored_clients: int
     settle_s: float
     help_runs: int
+    storm_clients: tuple[int, ...] = (100, 1000)
+    #: The storm: every client must be settled (answered, registered) within this.
+    storm_bound_s: float = 20.0
+    #: Scaling: stored clients measured beside the main 10 and ``stored_clients``.
+    scaling_stored: tuple[int, ...] = (10, 1000, 10_000, 100_000)
+    #: Scaling: sessions held (RSS per live session).
+    scaling_sessions: tuple[int, ...] = (1000, 5000)
+    #: Scaling: the concurrency levels (GET/s and RSS per doubling).
+    scaling_concurrency: tuple[int, ...] = (1, 8, 32, 256, 1000)
 
     @classmethod
     def make(
@@ -83,6 +110,8 @@ class Settings:
                 stored_clients=10_000,
                 settle_s=0.5,
                 help_runs=3,
+                scaling_stored=(10, 1000, 10_000),
+                storm_bound_s=5.0,
             )
         else:
             base = cls(
@@ -117,8 +146,20 @@ class Settings:
 
 
 class Bench:
-    def __init__(self, settings: Settings, workdir: Path, loadgen: Loadgen) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        loadgen: Loadgen,
+        only: frozenset[str] | None = None,
+    ) -> None:
         self.s = settings
+        #: The scenarios to run (``--only``); by default all (quick: all but the new two).
+        self.only = (
+            only
+            if only
+            else frozenset(SCENARIOS) - (QUICK_LEAVES_OUT if settings.quick else frozenset())
+        )
         self.workdir = workdir
         self.lg = loadgen
         self.started = time.monotonic()
@@ -129,6 +170,7 @@ class Bench:
         self.results: dict[str, Any] = {
             "mode": "quick" if settings.quick else "full",
             "settings": settings.__dict__ | {"handshake_clients": HANDSHAKE_CLIENTS},
+            "scenarios": sorted(self.only),
             "machine": machine_info(workdir),
             "servers": {},
         }
@@ -465,7 +507,10 @@ class Bench:
                 return
             out["rss_idle_kib"] = self.settle_rss(server)
             self.say(f"coapdev idle RSS: {out['rss_idle_kib'] / 1024:.1f} MiB")
-            self.request_series(server, "coapdev", self.s.concurrency)
+            levels = self.s.concurrency
+            if "scaling" in self.only:  # the doubling series: one more level, same gateway
+                levels = tuple(sorted(set(levels) | set(self.s.scaling_concurrency)))
+            self.request_series(server, "coapdev", levels)
             out["rss_after_get_kib"] = server.proc.rss_kib()
             if not server.proc.alive():
                 return
@@ -573,8 +618,8 @@ class Bench:
             runs.append(run.to_json())
         return runs
 
-    def hold(self, server: Server, label: str) -> dict:
-        n = self.s.hold_sessions
+    def hold(self, server: Server, label: str, n: int | None = None) -> dict:
+        n = n or self.s.hold_sessions
         self.quiet(server)
         run = self.lg.run(
             "hold",
@@ -673,8 +718,16 @@ class Bench:
         return times
 
     def coapdev_stored(self) -> None:
-        """Per-request cost and memory with 10 and with 10 000 stored clients."""
-        for n in (10, self.s.stored_clients):
+        """Per-request cost and memory with 10 and with 10 000 stored clients; with the
+        scaling scenario also 1000 and 100 000, and on the 10-client gateway, right after it
+        settled, the sessions held (RSS per live session)."""
+        levels: set[int] = set()
+        if "stored" in self.only:
+            levels |= {10, self.s.stored_clients}
+        scaling = "scaling" in self.only
+        if scaling:
+            levels |= set(self.s.scaling_stored)
+        for n in sorted(levels):
             key = f"coapdev-{n}"
             out = self.server_results(key)
             state = self.workdir / key
@@ -690,8 +743,13 @@ class Bench:
                 if not self.answers(server, "start"):
                     continue
                 out["rss_idle_kib"] = self.settle_rss(server)
+                if scaling and n == min(levels):
+                    # Sessions first, on the settled gateway: RSS per live session.
+                    for held in self.s.scaling_sessions:
+                        out[f"hold_{held}"] = self.hold(server, f"coapdev ({n} stored)", held)
+                        self.serving(server, f"holding {held} sessions ({n} stored)")
                 self.request_series(server, key, (32,), label=f"coapdev ({n} stored)")
-                if n == self.s.stored_clients:
+                if n == self.s.stored_clients and "stored" in self.only:
                     out["hold"] = self.hold(server, f"coapdev ({n} stored)")
                     self.serving(server, f"holding sessions ({n} stored)")
                     server.factory_key = servers.factory_key(state)
@@ -722,6 +780,160 @@ class Bench:
 
         self.handshake_series("coapdev", start)
 
+    # --- the reconnect storm ---------------------------------------------------------------
+
+    def storm(self) -> None:
+        """N clients hold a session and an observation; the server restarts; all reconnect
+        at once, resend their last request and register again; a change then checks
+        every observation (coapdev, and libcoap beside it)."""
+        out = self.results.setdefault("storm", {})
+        for name in ("coapdev", "libcoap"):
+            if name == "libcoap" and servers.libcoap_binary() is None:
+                self.note("storm: no libcoap server on this machine, coapdev alone")
+                continue
+            for n in self.s.storm_clients:
+                runs = []
+                for i in range(self.s.runs):
+                    try:
+                        run = self.storm_run(name, n, i)
+                    except (StartError, LoadgenError) as exc:
+                        self.error(f"storm {name}, {n} clients, run {i + 1}: {exc}")
+                        break
+                    if run is not None:
+                        runs.append(run)
+                out.setdefault(name, {})[str(n)] = runs
+
+    def storm_run(self, name: str, n: int, i: int) -> dict | None:
+        label = f"storm {name}, {n} clients, run {i + 1}"
+        options: dict[str, Any] = {
+            "host": HOST,
+            "clients": n,
+            "path": "light",
+            "change_hex": ",".join(STORM_CHANGES),
+            "duration": self.s.storm_bound_s,
+            "setup_timeout": 60,
+            "storm_wait": 60,
+            "timeout_ms": REQUEST_TIMEOUT_MS,
+            "ramp": 64,
+        }
+        if name == "coapdev":
+            template = self.workdir / f"storm-template-{n}"
+            creds = self.workdir / f"storm-creds-{n}.txt"
+            if not template.exists():
+                servers.populate_store(template, n)
+                servers.write_creds(template, creds, n)
+            state = self.workdir / f"storm-{n}-{i}"
+            shutil.copytree(template, state)
+            server = servers.start_gateway(f"storm-{n}-{i}", state, self.workdir)
+            server.credentials = servers.stored_credentials(state)
+            options["creds"] = str(creds)
+
+            def restart() -> Any:
+                server.proc.stop()
+                servers.restart_gateway(server)
+                return server.proc
+        else:
+            server = servers.start_libcoap(self.workdir, log=f"libcoap-storm-{n}-{i}")
+            assert server.credentials is not None
+            options.update(server.credentials.loadgen_options())
+
+            def restart() -> Any:
+                server.proc.stop()
+                again = servers.start_libcoap(
+                    self.workdir, port=server.port, log=f"libcoap-storm-{n}-{i}-after"
+                )
+                server.proc = again.proc
+                return server.proc
+
+        try:
+            options["port"] = server.port
+            self.quiet(server)
+            run = storm(self.lg, server=server.proc, restart=restart, **options).to_json()
+            r = run
+            setup = r["setup"]
+            if name == "coapdev" and (setup["registered"] < n or setup["notified"] < n):
+                self.error(
+                    f"{label}: before the storm only {setup['registered']} of {n} observations "
+                    f"registered, {setup['notified']} notified"
+                )
+            self.say(
+                f"{label}: {r['answered']}/{n} answered again, all in "
+                f"{r['all_answered_ms']:.0f} ms, p99 {r['reconnect_ms']['p99']:.0f} ms, "
+                f"{r['notified']}/{n} observations restored, "
+                f"{r['clients_retransmitting']} clients retransmitted, peak RSS "
+                f"{r['rss_peak_kib'] / 1024:.1f} MiB (before: {r['rss_before_kib'] / 1024:.1f})"
+            )
+            if name == "coapdev":
+                run["server_crashed"] = not self.answers(server, label)
+            return run
+        finally:
+            server.stop()
+
+    def doubling(self) -> None:
+        """The doubling series on a gateway of its own, when the main gateway (whose series
+        it otherwise is) did not run: fresh, so RSS per level is not a high-water mark left
+        by the held sessions."""
+        if "coapdev" in self.only:
+            return
+        key = "coapdev-doubling"
+        state = self.workdir / key
+        self.say("coapdev: GET/s and RSS per doubling of clients")
+        creds = servers.populate_store(state, 10)
+        server = servers.start_gateway(key, state, self.workdir)
+        server.credentials = creds
+        try:
+            if not self.answers(server, "start"):
+                return
+            self.server_results(key)["rss_idle_kib"] = self.settle_rss(server)
+            self.request_series(server, key, self.s.scaling_concurrency, label="coapdev")
+        finally:
+            server.stop()
+
+    def scaling_summary(self) -> None:
+        """Issue 15, section 4: one line per doubling, gathered from the runs above."""
+        from . import report
+
+        def levels(key: str) -> dict[str, list[dict]]:
+            return self.results["servers"].get(key, {}).get("get", {})
+
+        main = levels("coapdev")
+        source = "coapdev" if all(str(n) in main for n in self.s.scaling_concurrency) else None
+        source = source or "coapdev-doubling"
+        clients = {}
+        for n in self.s.scaling_concurrency:
+            items = levels(source).get(str(n)) or []
+            clients[str(n)] = {
+                "get_per_s": report.median(report.field(items, "rate")),
+                "rss_kib": report.median(report.field(items, "rss_at_done_kib")),
+                "p99_ms": report.median(report.field(items, "latency_ms", "p99")),
+            }
+        stored = {}
+        for n in self.s.scaling_stored:
+            items = levels(f"coapdev-{n}").get("32") or []
+            stored[str(n)] = {
+                "get_per_s": report.median(report.field(items, "rate")),
+                "cpu_us_per_get": report.median(report.field(items, "server_cpu_us_per_op")),
+                "rss_idle_kib": self.results["servers"].get(f"coapdev-{n}", {}).get("rss_idle_kib"),
+            }
+        base = self.results["servers"].get(f"coapdev-{min(self.s.scaling_stored)}", {})
+        sessions = {}
+        for n in self.s.scaling_sessions:
+            held = base.get(f"hold_{n}") or {}
+            peak, idle = held.get("rss_max_kib"), base.get("rss_idle_kib")
+            sessions[str(n)] = {
+                "served": (held.get("sessions", 0) - held.get("sessions_unserved", 0))
+                if held
+                else None,
+                "rss_kib": peak,
+                "kib_per_session": (peak - idle) / n if peak and idle else None,
+            }
+        self.results["scaling"] = {
+            "clients_source": source,
+            "clients": clients,
+            "stored": stored,
+            "sessions": sessions,
+        }
+
     def help_time(self) -> None:
         exe = Path(sys.executable).parent / "coapdev"
         argv = [str(exe), "--help"] if exe.exists() else [sys.executable, "-m", "coapdev", "--help"]
@@ -741,18 +953,23 @@ class Bench:
     # --- all of it -----------------------------------------------------------------------
 
     def run_all(self) -> None:
-        steps = [
-            self.generator_ceiling,
-            self.python_echo,
-            self.spawn_floor,
-            lambda: self.reference("libcoap"),
-            lambda: self.reference("aiocoap"),
-            self.coapdev_main,
-            self.coapdev_stored,
-            self.coapdev_handshakes,
-            self.help_time,
+        steps: list[tuple[set[str], Any]] = [
+            ({"ceiling"}, self.generator_ceiling),
+            ({"echo"}, self.python_echo),
+            ({"spawn"}, self.spawn_floor),
+            ({"libcoap"}, lambda: self.reference("libcoap")),
+            ({"aiocoap"}, lambda: self.reference("aiocoap")),
+            ({"coapdev"}, self.coapdev_main),
+            ({"stored", "scaling"}, self.coapdev_stored),
+            ({"handshakes"}, self.coapdev_handshakes),
+            ({"storm"}, self.storm),
+            ({"help"}, self.help_time),
+            ({"scaling"}, self.doubling),
+            ({"scaling"}, self.scaling_summary),
         ]
-        for step in steps:
+        for wanted, step in steps:
+            if not wanted & self.only:
+                continue
             try:
                 step()
             except (StartError, LoadgenError) as exc:
