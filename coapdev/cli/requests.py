@@ -8,7 +8,6 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from .common import EXIT_OK, MAX_PAYLOAD_BYTES, Console, UsageError, explained, make_client
@@ -18,22 +17,34 @@ from .common import EXIT_OK, MAX_PAYLOAD_BYTES, Console, UsageError, explained, 
 
 def resolve_target(registry: Any, uri: str) -> tuple[Any, str]:
     """(credentials, path) for a URI as typed."""
-    with _device_hints():
-        return registry.target(uri)
+    from ..client import escape_text, parse_address
+    from ..errors import ClientError, UnknownDevice
+
+    if uri.startswith("/"):
+        return _only_device(registry), uri
+    if "://" in uri:
+        try:
+            _, path = parse_address(uri)
+        except ClientError:
+            raise UnknownDevice(f"{escape_text(uri)}: not a URI or known device") from None
+        authority = uri.split("://", 1)[1].split("/", 1)[0]
+        return registry.resolve(authority), path
+    head, _, rest = uri.partition("/")
+    return registry.resolve(head), "/" + rest
 
 
-@contextlib.contextmanager
-def _device_hints() -> Iterator[None]:
-    """Errors for an unnamed device, with how to name or onboard one on this command line."""
+def _only_device(registry: Any) -> Any:
     from ..errors import UnknownDevice
-    from ..registry import NoKnownDevice, SeveralKnownDevices
 
-    try:
-        yield
-    except NoKnownDevice as exc:
-        raise UnknownDevice(f"{exc} (coapdev onboard)") from None
-    except SeveralKnownDevices as exc:
-        raise UnknownDevice(f"{exc} (DEVICE/PATH, or -d DEVICE)") from None
+    devices = registry.load()
+    if len(devices) == 1:
+        return next(iter(devices.values()))
+    if not devices:
+        raise UnknownDevice("no known devices; onboard one first (coapdev onboard)")
+    raise UnknownDevice(
+        f"several devices are known ({', '.join(sorted(devices))}); name one "
+        "(DEVICE/PATH, or -d DEVICE)"
+    )
 
 
 def _device_creds(registry: Any, args: argparse.Namespace) -> Any:
@@ -41,8 +52,8 @@ def _device_creds(registry: Any, args: argparse.Namespace) -> Any:
     option = getattr(args, "device_opt", None)
     if positional and option and positional != option:
         raise UsageError(f"two devices given ({positional} and {option}); name one")
-    with _device_hints():
-        return registry.credentials_for(positional or option)
+    ref = positional or option
+    return registry.resolve(ref) if ref else _only_device(registry)
 
 
 async def cmd_request(args: argparse.Namespace, registry: Any, console: Console) -> int:
