@@ -173,21 +173,8 @@ class Loadgen:
             assert proc.stdout is not None
             out = proc.stdout.read()
         finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-            reader.join(timeout=5)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-        if proc.returncode != 0:
-            detail = "\n".join(other[-5:])
-            raise LoadgenError(f"loadgen {mode} exited with status {proc.returncode}: {detail}")
-        try:
-            result = json.loads(out)
-        except ValueError:
-            raise LoadgenError(f"loadgen {mode} printed no JSON: {out[:200]!r}") from None
+            _end(proc, reader)
+        result = _result(proc, mode, out, other)
         run = Run(result=result, series=series, started_at=started_at)
         if server is not None and "ready" in marks and "done" in marks:
             run.server_cpu_s = marks["done"][1] - marks["ready"][1]
@@ -275,18 +262,29 @@ def storm(
         assert proc.stdout is not None
         out = proc.stdout.read()
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        reader.join(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-    if proc.returncode != 0:
-        raise LoadgenError(f"loadgen storm exited with status {proc.returncode}: {other[-5:]}")
-    try:
-        run.result = json.loads(out)
-    except ValueError:
-        raise LoadgenError(f"loadgen storm printed no JSON: {out[:200]!r}") from None
+        _end(proc, reader)
+    run.result = _result(proc, "storm", out, other)
     return run
+
+
+def _end(proc: subprocess.Popen, reader: threading.Thread) -> None:
+    """Kill the generator's group if it still runs; join its stderr reader; close its pipes."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    reader.join(timeout=5)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _result(proc: subprocess.Popen, mode: str, out: str | bytes, other: list[str]) -> Any:
+    """The generator's JSON result, or LoadgenError naming how it ended."""
+    if proc.returncode != 0:
+        detail = "\n".join(other[-5:])
+        raise LoadgenError(f"loadgen {mode} exited with status {proc.returncode}: {detail}")
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise LoadgenError(f"loadgen {mode} printed no JSON: {out[:200]!r}") from None
