@@ -34,12 +34,12 @@ async def run_script(
 ) -> ScriptResult:
     """Run one script to completion within the limits, or raise ScriptFailure."""
     protocol = OutputProtocol(max_output_bytes)
-    started = await start_tagged(argv, protocol, env=env, cwd=cwd, stdin=True, stderr=True)
-    pipe = started.transport.get_pipe_transport(0)
+    # Without input the script reads /dev/null: the same end of file, one pipe less.
+    started = await start_tagged(argv, protocol, env=env, cwd=cwd, stdin=bool(stdin), stderr=True)
+    pipe = started.transport.get_pipe_transport(0) if stdin else None
     if pipe is not None:
         with contextlib.suppress(Exception):
-            if stdin:
-                pipe.write(stdin)  # type: ignore[attr-defined]
+            pipe.write(stdin)  # type: ignore[attr-defined]
             pipe.write_eof()  # type: ignore[attr-defined]
     timed_out = False
     try:
