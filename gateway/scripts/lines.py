@@ -70,18 +70,11 @@ class LineProcess:
         if not self.running:
             return False
         assert self._started is not None
-        pipe = self._started.transport.get_pipe_transport(0)
-        if pipe is None or pipe.is_closing():
-            return False
-        pipe.write(data)  # type: ignore[attr-defined]
-        return True
+        return self._started.write(data)
 
     def pending_input_bytes(self) -> int:
         """Bytes written to the command's stdin that it has not read yet (beyond the pipe)."""
-        if self._started is None:
-            return 0
-        pipe = self._started.transport.get_pipe_transport(0)
-        return 0 if pipe is None else pipe.get_write_buffer_size()  # type: ignore[attr-defined]
+        return 0 if self._started is None else self._started.pending_input_bytes()
 
     def kill(self) -> None:
         """End the command and its whole tree now (:meth:`run` then returns)."""
@@ -135,7 +128,7 @@ class LineProcess:
         finally:
             started, self._started = self._started, None
             await started.close()
-        return started.transport.get_returncode()
+        return started.returncode
 
 
 async def supervise_lines(

@@ -36,11 +36,9 @@ async def run_script(
     protocol = OutputProtocol(max_output_bytes)
     # Without input the script reads /dev/null: the same end of file, one pipe less.
     started = await start_tagged(argv, protocol, env=env, cwd=cwd, stdin=bool(stdin), stderr=True)
-    pipe = started.transport.get_pipe_transport(0) if stdin else None
-    if pipe is not None:
-        with contextlib.suppress(Exception):
-            pipe.write(stdin)  # type: ignore[attr-defined]
-            pipe.write_eof()  # type: ignore[attr-defined]
+    if stdin:
+        started.write(stdin)
+        started.write_eof()
     timed_out = False
     try:
         try:
@@ -63,8 +61,7 @@ async def run_script(
             "too-large", f"{script_name(argv)} printed more than {max_output_bytes} bytes"
         )
     stdout, stderr = bytes(protocol.stdout), bytes(protocol.stderr)
-    code = started.transport.get_returncode()
-    code = -1 if code is None else code
+    code = -1 if started.returncode is None else started.returncode
     if code == EXIT_BAD_INPUT:
         raise ScriptFailure("bad-input", short_text(stdout) or "input rejected", output=stdout)
     if code != 0:

@@ -49,6 +49,34 @@ def test_timeout_kills_the_whole_group(tmp_path):
     assert process_gone(child)
 
 
+def test_script_runs_start_no_thread_and_leave_no_descriptor():
+    """Each run is a process, its pipes and a pidfd on the event loop: asyncio's own
+    subprocess support (before Python 3.12) starts a thread per child to wait for it."""
+    import threading
+
+    async def many() -> tuple[int, int, set[int]]:
+        threads = set()
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            task = asyncio.ensure_future(
+                run_script(
+                    ["/bin/sh", "-c", "sleep 0.05; echo hi"],
+                    stdin=b"",
+                    env=dict(os.environ),
+                    timeout_s=5,
+                    max_output_bytes=100,
+                )
+            )
+            await asyncio.sleep(0.02)  # while it runs
+            threads.add(threading.active_count())
+            assert (await task).stdout == b"hi\n"
+        return before, len(os.listdir("/proc/self/fd")), threads
+
+    before, after, threads = asyncio.run(many())
+    assert threads == {threading.active_count()}
+    assert after == before
+
+
 def test_nonzero_exit_gives_short_reason_without_stderr():
     with pytest.raises(ScriptFailure) as info:
         run([str(SCRIPTS / "fail.sh")])
