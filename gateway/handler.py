@@ -128,6 +128,11 @@ def _show(value: Any) -> str:
     return repr(value)[:SHOWN_BYTES]
 
 
+def _expire(future: asyncio.Future[Answer]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 def max_line_bytes(max_output_bytes: int) -> int:
     """Longest answer line for a payload of ``max_output_bytes``."""
     return 4 * math.ceil(max_output_bytes / 3) + ANSWER_OVERHEAD_BYTES
@@ -164,6 +169,9 @@ class Handler:
         self._waiting = 0
         self._expired: collections.deque[int] = collections.deque(maxlen=EXPIRED_IDS_KEPT)
         self._next_id = 1
+        #: Request lines not written yet: every request of one turn of the loop goes
+        #: into the pipe with one write (the handler helper answers them with one too).
+        self._outbox: list[tuple[int, bytes]] = []
         self._task: asyncio.Task[None] | None = None
         #: While down: when it starts again (monotonic), and why it went.
         self._restart_at: float | None = None
@@ -269,16 +277,27 @@ class Handler:
         self._next_id += 1
         future: asyncio.Future[Answer] = loop.create_future()
         self._pending[request_id] = future
+        if not self._outbox:
+            loop.call_soon(self._flush, process)
+        self._outbox.append((request_id, encode_request(request_id, fields, payload)))
+        expiry = loop.call_at(deadline, _expire, future)
         try:
-            if not process.write(encode_request(request_id, fields, payload)):
-                raise BadGateway(f"{self.what} is not reading its input")
-            async with asyncio.timeout_at(deadline):
-                return await future
+            return await future
         except TimeoutError:
             self._expired.append(request_id)
             raise GatewayTimeout(f"{self.what} did not answer within {timeout_s:g} s") from None
         finally:
+            expiry.cancel()
             self._pending.pop(request_id, None)
+
+    def _flush(self, process: LineProcess) -> None:
+        queued, self._outbox = self._outbox, []
+        if not process.write(b"".join(line for _, line in queued)):
+            refusal = BadGateway(f"{self.what} is not reading its input")
+            for request_id, _ in queued:
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(refusal)
 
     async def _wait_running(self, deadline: float, timeout_s: float) -> LineProcess:
         """The process once it runs; refused at once while it waits out its back-off."""
