@@ -127,3 +127,31 @@ def test_the_helper_answers_every_waiting_request_in_one_write():
     helper.serve(lambda request: b"ok", stdin=io.BytesIO(lines.rstrip(b"\n")), stdout=out)
     assert [parse_answer(line)[0] for line in out.getvalue().splitlines()] == [1, 2, 3, 4, 5]
     assert Counting.writes <= 2  # the four complete lines at once, then the unterminated one
+
+
+def test_the_gateway_writes_the_requests_of_one_turn_of_the_loop_in_one_write():
+    import asyncio
+
+    from gateway.handler import Handler
+
+    class Pipe:  # stands in for the LineProcess: records writes, answers nothing
+        running = True
+
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> bool:
+            self.writes.append(data)
+            return True
+
+    async def scenario() -> tuple[list[bytes], list[BaseException]]:
+        h = Handler(["true"], path="/h", env={}, cwd="/", max_pending=16, max_output_bytes=64)
+        pipe = Pipe()
+        h._process = pipe  # type: ignore[assignment]
+        asks = [asyncio.ensure_future(h.ask(FIELDS, b"x", 0.2)) for _ in range(5)]
+        results = await asyncio.gather(*asks, return_exceptions=True)
+        return pipe.writes, results
+
+    writes, results = asyncio.run(scenario())
+    assert len(writes) == 1 and writes[0].count(b"\n") == 5
+    assert all(type(r).__name__ == "GatewayTimeout" for r in results)  # each its own timer
