@@ -548,7 +548,7 @@ class Client:
                 log.info("device %s not reachable at %s: %s", creds.device_id, candidate, exc)
                 await probe.close()
                 continue
-            if not isinstance(info, dict) or info.get(Key.ID.value) != creds.device_id:
+            if not isinstance(info, dict) or info.get(Key.CLIENT_ID.value) != creds.device_id:
                 await probe.close()
                 continue
             # It answered there, with our key and its id: keep that session.
@@ -1129,7 +1129,7 @@ async def _device_id_with(
     )
     async with Client(creds, timeout_s=timeout_s) as client:
         device = (await client.get(uri_path(PATH_DEVICE))).value
-    creds.device_id = device[Key.ID.value]
+    creds.device_id = device[Key.CLIENT_ID.value]
     return creds
 
 

@@ -97,9 +97,11 @@ class Key(StrEnum):
     PSK = "key"
     ROLE = "role"
     DEVICE_ID = "device"
+    #: The client's id in the onboarding answer and /clients entries; /device
+    #: uses the same wire key for the device's id (there was an alias ``ID``
+    #: for that, which was this same member under a second name).
     CLIENT_ID = "id"
-    # /device
-    ID = "id"
+    # /device (its id is under CLIENT_ID's wire key "id", see above)
     MODEL = "model"
     FIRMWARE = "firmware"
     PROTOCOL = "protocol"

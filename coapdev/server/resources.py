@@ -148,7 +148,7 @@ class DeviceInfoResource(GuardedResource):
             request,
             who=who,
             value={
-                Key.ID.value: device.id,
+                Key.CLIENT_ID.value: device.id,
                 Key.MODEL.value: device.model,
                 Key.FIRMWARE.value: self.state.firmware,
                 Key.PROTOCOL.value: PROTOCOL_VERSION,
