@@ -278,7 +278,7 @@ class Handler:
         future: asyncio.Future[Answer] = loop.create_future()
         self._pending[request_id] = future
         if not self._outbox:
-            loop.call_soon(self._flush, process)
+            loop.call_soon(self._flush)
         self._outbox.append((request_id, encode_request(request_id, fields, payload)))
         expiry = loop.call_at(deadline, _expire, future)
         try:
@@ -290,9 +290,10 @@ class Handler:
             expiry.cancel()
             self._pending.pop(request_id, None)
 
-    def _flush(self, process: LineProcess) -> None:
+    def _flush(self) -> None:
         queued, self._outbox = self._outbox, []
-        if not process.write(b"".join(line for _, line in queued)):
+        process = self._process  # the one running now (requests held by one that exited are failed)
+        if process is None or not process.write(b"".join(line for _, line in queued)):
             refusal = BadGateway(f"{self.what} is not reading its input")
             for request_id, _ in queued:
                 future = self._pending.pop(request_id, None)

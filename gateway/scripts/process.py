@@ -235,26 +235,21 @@ async def start_tagged(
     ours: list[int] = []  # our ends, closed again if the start fails
     theirs: list[int] = []  # the child's ends, closed once it has them
     outputs: dict[int, int] = {}
-
-    def pipe() -> tuple[int, int]:
-        read_end, write_end = os.pipe()  # both close-on-exec: the child gets only 0, 1, 2
-        return read_end, write_end
-
-    try:
-        out_r, out_w = pipe()
+    try:  # (os.pipe's ends are close-on-exec: the child gets only its 0, 1 and 2)
+        out_r, out_w = os.pipe()
         ours.append(out_r)
         theirs.append(out_w)
         outputs[out_r] = 1
         err_w: int = subprocess.DEVNULL
         if stderr:
-            err_r, err_w = pipe()
+            err_r, err_w = os.pipe()
             ours.append(err_r)
             theirs.append(err_w)
             outputs[err_r] = 2
         in_r: int = subprocess.DEVNULL
         in_w = -1
         if stdin:
-            in_r, in_w = pipe()
+            in_r, in_w = os.pipe()
             ours.append(in_w)
             theirs.append(in_r)
         try:
@@ -286,16 +281,17 @@ async def start_tagged(
     started = Started(popen, protocol, tag, outputs)
     if stdin:
         os.set_blocking(in_w, False)
+        stdin_file = None
         try:
-            pipe = open(in_w, "wb", buffering=0)  # the transport closes it
+            stdin_file = open(in_w, "wb", buffering=0)  # the transport closes it
+            started.stdin, _ = await asyncio.get_running_loop().connect_write_pipe(
+                _StdinProtocol, stdin_file
+            )
         except BaseException:
-            os.close(in_w)
-            await started.close()
-            raise
-        try:
-            started.stdin, _ = await started._loop.connect_write_pipe(_StdinProtocol, pipe)
-        except BaseException:
-            pipe.close()
+            if stdin_file is None:
+                os.close(in_w)
+            else:
+                stdin_file.close()
             await started.close()
             raise
     return started
