@@ -21,7 +21,10 @@ What the handler prints is never trusted:
 
 Requests wait at most ``timeout_s`` (5.04), at most ``max_pending`` are held
 at once (5.03 with Max-Age beyond), and while the handler is down they get
-5.03 with Max-Age set to the time until its restart.  The encoding and
+5.03 with Max-Age set to the time until its restart.  A request whose line
+the handler has not taken from its stdin by the request's deadline means it
+has stopped reading: it is restarted, so what waits for its stdin is never
+more than the lines of the requests it holds (``max_pending`` of them).  The encoding and
 parsing are plain functions (:func:`encode_request`, :func:`parse_answer`).
 """
 
@@ -172,6 +175,11 @@ class Handler:
         #: Request lines not written yet: every request of one turn of the loop goes
         #: into the pipe with one write (the handler helper answers them with one too).
         self._outbox: list[tuple[int, bytes]] = []
+        #: Bytes written to the running process's stdin, and where each pending
+        #: request's line ends in that stream (its line is taken once the pipe
+        #: took that many: written minus what still waits in our buffer).
+        self._written = 0
+        self._line_ends: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         #: While down: when it starts again (monotonic), and why it went.
         self._restart_at: float | None = None
@@ -213,6 +221,8 @@ class Handler:
 
     def _started(self, process: LineProcess) -> None:
         self._process = process
+        self._written = 0
+        self._line_ends.clear()
         self._restart_at = None
         self._kill_reason = ""
         self._ready.set()
@@ -249,10 +259,7 @@ class Handler:
                 if not future.done():
                     future.set_exception(BadGateway(f"{self.what} {exc}"))
                 return
-            log.warning("%s %s (%s); restarting it", self.what, exc, _show(line))
-            self._kill_reason = str(exc)
-            if self._process is not None:
-                self._process.kill()
+            self._restart(str(exc), _show(line))
             return
         future = self._pending.pop(request_id, None)
         if future is None:
@@ -261,6 +268,16 @@ class Handler:
             return
         if not future.done():
             future.set_result(answer)
+
+    def _restart(self, reason: str, shown: str = "") -> None:
+        """End the process for ``reason`` (its exit then fails what it held with it)."""
+        if shown:
+            log.warning("%s %s (%s); restarting it", self.what, reason, shown)
+        else:
+            log.warning("%s %s; restarting it", self.what, reason)
+        self._kill_reason = reason
+        if self._process is not None:
+            self._process.kill()
 
     # --- requests ---
 
@@ -285,13 +302,20 @@ class Handler:
             return await future
         except TimeoutError:
             self._expired.append(request_id)
+            if self._unread(request_id):
+                self._restart("is not reading its input")
             raise GatewayTimeout(f"{self.what} did not answer within {timeout_s:g} s") from None
         finally:
             expiry.cancel()
             self._pending.pop(request_id, None)
+            self._line_ends.pop(request_id, None)
 
     def _flush(self) -> None:
-        queued, self._outbox = self._outbox, []
+        # Only lines of requests still pending (one given up meanwhile is not sent).
+        queued = [(rid, line) for rid, line in self._outbox if rid in self._pending]
+        self._outbox = []
+        if not queued:
+            return
         process = self._process  # the one running now (requests held by one that exited are failed)
         if process is None or not process.write(b"".join(line for _, line in queued)):
             refusal = BadGateway(f"{self.what} is not reading its input")
@@ -299,6 +323,18 @@ class Handler:
                 future = self._pending.pop(request_id, None)
                 if future is not None and not future.done():
                     future.set_exception(refusal)
+            return
+        for request_id, line in queued:
+            self._written += len(line)
+            self._line_ends[request_id] = self._written
+
+    def _unread(self, request_id: int) -> bool:
+        """Whether the request's line still waits in our buffer for the handler's stdin."""
+        end = self._line_ends.get(request_id)
+        process = self._process
+        if end is None or process is None:
+            return False
+        return end > self._written - process.pending_input_bytes()
 
     async def _wait_running(self, deadline: float, timeout_s: float) -> LineProcess:
         """The process once it runs; refused at once while it waits out its back-off."""

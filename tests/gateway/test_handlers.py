@@ -58,6 +58,14 @@ put = {{}}
 delete = {{}}
 
 [[resource]]
+path = "/deaf"
+handler = ["{PY}", "{SCRIPTS}/handler_raw.py", "starts-deaf.txt"]
+timeout_s = 0.5
+max_input_bytes = 262144
+get = {{}}
+put = {{}}
+
+[[resource]]
 path = "/bounded"
 handler = ["{PY}", "{SCRIPTS}/handler_raw.py"]
 timeout_s = 5
@@ -82,8 +90,8 @@ def admin_and_user(handled, run):
     return run(both())
 
 
-def starts(gw) -> list[str]:
-    path = gw.data_dir / "starts.txt"
+def starts(gw, name: str = "starts.txt") -> list[str]:
+    path = gw.data_dir / name
     return path.read_text().splitlines() if path.exists() else []
 
 
@@ -275,6 +283,34 @@ def test_a_handler_that_hangs_gets_a_timeout_answer(handled, admin_and_user, run
     code, elapsed, after = run(scenario())
     assert code == "5.04" and elapsed < 6, (code, elapsed)
     assert after == "2.05"  # the same handler serves on
+
+
+def test_a_handler_that_stops_reading_its_input_is_restarted_not_buffered_for(
+    handled, admin_and_user, run
+):
+    """The attacker: a handler that takes no more input while requests keep coming.
+
+    Each request that times out would leave its line in the gateway's buffer for the
+    handler's stdin (nothing else bounds it: max_pending counts live requests), so the
+    gateway restarts a handler once a request's line is still unread at its deadline.
+    """
+
+    async def scenario() -> list[str]:
+        async with Client(admin_and_user[0], timeout_s=20) as dev:
+            codes = [await code_of(dev, "/deaf?deaf")]  # read, then nothing more is
+            try:  # a line far larger than a pipe holds: most of it stays queued
+                codes.append((await dev.put("/deaf", b"x" * 200_000)).code)
+            except RequestFailed as exc:
+                codes.append(exc.code)
+            codes.append(await until_served(dev, "/deaf"))
+            return codes
+
+    codes = run(scenario(), timeout_s=120)
+    assert codes == ["5.04", "5.04", "2.05"], codes
+    assert len(starts(handled, "starts-deaf.txt")) == 2  # restarted once
+    log = handled.log()
+    assert "handler of /deaf is not reading its input; restarting it" in log, log[-2000:]
+    assert "Traceback" not in log
 
 
 def test_pending_requests_are_bounded(handled, admin_and_user, run):

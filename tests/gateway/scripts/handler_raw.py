@@ -5,8 +5,10 @@ answered concurrently, in any order); ``hang`` never answers; ``die``
 exits at once; ``garbage`` prints a line that is not JSON; ``long`` prints
 a 4 MiB line; ``unknown`` answers another id; ``badcode`` answers code 9.99;
 ``badpayload`` a payload that is not base64; ``stderr`` also writes a
-line on stderr.  Otherwise GET returns the value
-last PUT (in memory), and every start appends a line to starts.txt.
+line on stderr; ``deaf`` stops reading stdin for good (and answers
+nothing more).  Otherwise GET returns the value last PUT (in memory), and
+every start appends a line to starts.txt (or to the file named by the
+first argument, in the data directory).
 """
 
 import base64
@@ -17,7 +19,7 @@ import threading
 import time
 
 data = os.environ["COAPDEV_DATA_DIR"]
-with open(os.path.join(data, "starts.txt"), "a") as f:
+with open(os.path.join(data, sys.argv[1] if len(sys.argv) > 1 else "starts.txt"), "a") as f:
     f.write(f"{os.getpid()} {os.getcwd()}\n")
 
 lock = threading.Lock()
@@ -74,4 +76,7 @@ def handle(req: dict) -> None:
 
 
 for line in sys.stdin.buffer:
-    threading.Thread(target=handle, args=(json.loads(line),), daemon=True).start()
+    request = json.loads(line)
+    if "deaf" in request["query"]:
+        time.sleep(3600)  # killed by the gateway long before
+    threading.Thread(target=handle, args=(request,), daemon=True).start()
