@@ -55,6 +55,8 @@ _SUCCESS_CODES = frozenset({"2.01", "2.02", "2.04", "2.05"})
 ANSWER_OVERHEAD_BYTES = 256
 #: Ids of requests that timed out, remembered so their late answers are no news.
 EXPIRED_IDS_KEPT = 1024
+#: Request lines are compact ASCII JSON (one encoder, not one per request).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 #: How much of a bad line goes into the log.
 SHOWN_BYTES = 60
 
@@ -83,7 +85,7 @@ class ProtocolError(Exception):
 def encode_request(request_id: int, fields: Mapping[str, Any], payload: bytes) -> bytes:
     """One request line: ``fields`` (method, path, query, client, formats) plus id and payload."""
     doc = {"id": request_id, **fields, "payload": base64.b64encode(payload).decode("ascii")}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+    return _ENCODER.encode(doc).encode() + b"\n"
 
 
 def parse_answer(line: bytes) -> tuple[int, Answer]:

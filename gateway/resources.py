@@ -87,6 +87,8 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
     ) -> None:
         super().__init__(state)
         self.config = config
+        #: Method name to its table (the config keeps them as pairs; looked up per request).
+        self._methods = config.method_map
         #: The scripts' working directory (never the state directory, which holds the keys).
         self.data_dir = data_dir or prepare_data_dir(state.store.directory)
         #: The persistent handler answering every method, if the config names one.
@@ -126,7 +128,7 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
         #: Observed state per set of inputs (or one, _WATCHED, for a watcher).
         self._observed: dict[Hashable, ObservedState] = {}
         #: GET runs in progress per set of inputs, shared by concurrent GETs.
-        self._in_flight: dict[ScriptInputs, asyncio.Task[Answer]] = {}
+        self._in_flight: dict[ScriptInputs, asyncio.Future[Answer]] = {}
         self._observer_task: asyncio.Task[None] | None = None
         #: The watcher's latest line, and when it came (monotonic); set once it has one.
         self._watched: tuple[Answer, float] | None = None
@@ -166,7 +168,7 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
     # --- methods ---------------------------------------------------------------------
 
     async def render_get(self, request: Message, who: Principal) -> Message:
-        if "GET" not in self.config.method_map:
+        if "GET" not in self._methods:
             return await self._watched_state(request)
         inputs = self.inputs(request, who)
         max_age_s = self.config.max_age_s
@@ -242,23 +244,37 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
     # --- running ---------------------------------------------------------------------
 
     async def _shared_get(self, inputs: ScriptInputs) -> Answer:
-        """The GET script's output for ``inputs``; concurrent callers share one run."""
-        task = self._in_flight.get(inputs)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._run("GET", inputs))
-            self._in_flight[inputs] = task
+        """The GET script's output for ``inputs``; concurrent callers share one run.
 
-            def finished(done: asyncio.Task[Answer]) -> None:
-                if self._in_flight.get(inputs) is done:
-                    del self._in_flight[inputs]
-                if not done.cancelled():
-                    done.exception()  # retrieved: the callers re-raise it
-
-            task.add_done_callback(finished)
-        return await asyncio.shield(task)
+        The first caller runs it in its own task (no task of its own per GET) and
+        shares the outcome; if that caller is cancelled, so is its run, and one of
+        those who waited for it runs it again.
+        """
+        shared = self._in_flight.get(inputs)
+        while shared is not None:
+            try:
+                return await asyncio.shield(shared)
+            except _RunGivenUp:
+                shared = self._in_flight.get(inputs)
+        shared = asyncio.get_running_loop().create_future()
+        self._in_flight[inputs] = shared
+        try:
+            answer = await self._run("GET", inputs)
+        except asyncio.CancelledError:
+            _share(shared, _RunGivenUp())
+            raise
+        except Exception as exc:
+            _share(shared, exc)
+            raise
+        else:
+            shared.set_result(answer)
+            return answer
+        finally:
+            if self._in_flight.get(inputs) is shared:
+                del self._in_flight[inputs]
 
     async def _run(self, method: str, inputs: ScriptInputs) -> Answer:
-        mc = self.config.method_map[method]
+        mc = self._methods[method]
         if self.handler is not None:
             return await self._ask_handler(self.handler, mc, method, inputs)
         if self._waiting >= QUEUE_PER_SLOT * self.config.concurrency:
@@ -399,6 +415,15 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
             self._observer_task.cancel()
             self._observer_task = None
         self.notify()
+
+
+class _RunGivenUp(Exception):
+    """The caller running a shared GET was cancelled: a waiting one runs it again."""
+
+
+def _share(shared: asyncio.Future[Answer], exc: BaseException) -> None:
+    shared.set_exception(exc)
+    shared.exception()  # retrieved: those who waited re-raise it, if any did
 
 
 def _all_roles() -> frozenset:
