@@ -44,6 +44,7 @@ from .answers import (
     json_default,
 )
 from .config import InputMode, MethodConfig, OutputFormat, ResourceConfig
+from .flight import SingleFlight
 from .handler import Answer, Handler
 from .observed import QUEUE_PER_SLOT, ObservedScripts, ObservedState
 from .scripts import (
@@ -128,7 +129,7 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
         #: Observed state per set of inputs (or one, _WATCHED, for a watcher).
         self._observed: dict[Hashable, ObservedState] = {}
         #: GET runs in progress per set of inputs, shared by concurrent GETs.
-        self._in_flight: dict[ScriptInputs, asyncio.Future[Answer]] = {}
+        self._in_flight: SingleFlight[Answer] = SingleFlight()
         self._observer_task: asyncio.Task[None] | None = None
         #: The watcher's latest line, and when it came (monotonic); set once it has one.
         self._watched: tuple[Answer, float] | None = None
@@ -244,34 +245,8 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
     # --- running ---------------------------------------------------------------------
 
     async def _shared_get(self, inputs: ScriptInputs) -> Answer:
-        """The GET script's output for ``inputs``; concurrent callers share one run.
-
-        The first caller runs it in its own task (no task of its own per GET) and
-        shares the outcome; if that caller is cancelled, so is its run, and one of
-        those who waited for it runs it again.
-        """
-        shared = self._in_flight.get(inputs)
-        while shared is not None:
-            try:
-                return await asyncio.shield(shared)
-            except _RunGivenUp:
-                shared = self._in_flight.get(inputs)
-        shared = asyncio.get_running_loop().create_future()
-        self._in_flight[inputs] = shared
-        try:
-            answer = await self._run("GET", inputs)
-        except asyncio.CancelledError:
-            _share(shared, _RunGivenUp())
-            raise
-        except Exception as exc:
-            _share(shared, exc)
-            raise
-        else:
-            shared.set_result(answer)
-            return answer
-        finally:
-            if self._in_flight.get(inputs) is shared:
-                del self._in_flight[inputs]
+        """The GET script's output for ``inputs``; concurrent callers share one run."""
+        return await self._in_flight.run(inputs, lambda: self._run("GET", inputs))
 
     async def _run(self, method: str, inputs: ScriptInputs) -> Answer:
         mc = self._methods[method]
@@ -415,15 +390,6 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
             self._observer_task.cancel()
             self._observer_task = None
         self.notify()
-
-
-class _RunGivenUp(Exception):
-    """The caller running a shared GET was cancelled: a waiting one runs it again."""
-
-
-def _share(shared: asyncio.Future[Answer], exc: BaseException) -> None:
-    shared.set_exception(exc)
-    shared.exception()  # retrieved: those who waited re-raise it, if any did
 
 
 def _all_roles() -> frozenset:
