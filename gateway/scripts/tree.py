@@ -41,6 +41,10 @@ LAST_PID_FILE = "/proc/sys/kernel/ns_last_pid"
 #: takes ``pid_max`` forks; 32 768 at the least, 3 277 a second for 10 s). Older runs,
 #: or a counter that wrapped below the run's pid, get the full walk.
 NEW_PIDS_ONLY_FOR_S = 10.0
+#: When at most this many pids were handed out since a walk's floor, the walk opens
+#: those pids' entries one by one instead of listing all of /proc (a listing costs
+#: in proportion to every process on the machine; a probe of a free pid, one failed open).
+PROBE_MAX_PIDS = 512
 
 
 class _LastPid:
@@ -102,8 +106,9 @@ def _born_since(tag: str) -> int:
     return _tag_bounds(tag)[0]
 
 
-def _pid_floor(tags: Collection[str], since: int) -> int | None:
-    """The pid every process of these runs is above, or None if that cannot be known."""
+def _pid_range(tags: Collection[str], since: int) -> tuple[int, int] | None:
+    """(the pid every process of these runs is above, the last pid handed out), or None
+    if that cannot be known."""
     floors = [_tag_bounds(tag)[1] for tag in tags]
     if not floors or any(f is None for f in floors):
         return None
@@ -113,7 +118,20 @@ def _pid_floor(tags: Collection[str], since: int) -> int | None:
         return None
     if _boot_ticks() - since > NEW_PIDS_ONLY_FOR_S * CLOCK_TICKS:
         return None
-    return floor
+    return floor, current
+
+
+def _candidates(proc: int, pids: tuple[int, int] | None) -> list[str]:
+    """The /proc entries a walk reads: the pids in range, or every process when it is
+    not known or too wide; a pid handed out while they are read is added (those forked
+    later still are the second sweep's)."""
+    if pids is None or pids[1] - pids[0] > PROBE_MAX_PIDS:
+        return os.listdir(proc)
+    floor, current = pids
+    latest = _last_pid()
+    if latest is not None and current <= latest <= floor + PROBE_MAX_PIDS:
+        current = latest
+    return [str(pid) for pid in range(floor + 1, current + 1)]
 
 
 def _read_proc(proc: int, name: str) -> bytes | None:
@@ -140,13 +158,15 @@ def process_tree(*tags: str) -> set[int]:
     descendants that replaced their environment but still have their
     parent.  (Not from a pid that exited: its number may be reused.)
     Only pids handed out after the oldest run started are looked at (while
-    that is certain, see NEW_PIDS_ONLY_FOR_S), a process's stat once, its
-    environment only when it started after that run: a walk costs a
-    directory listing and a read or two per process the runs could have made.
+    that is certain, see NEW_PIDS_ONLY_FOR_S; one by one when they are few,
+    PROBE_MAX_PIDS), a process's stat once, its environment only when it
+    started after that run: a walk costs a read or two per process the runs
+    could have made.
     """
     markers = [f"\0{TAG_VARIABLE}={tag}\0".encode() for tag in tags]
     since = min((_born_since(tag) for tag in tags), default=0)
-    floor = _pid_floor(tags, since) if since else None
+    pids = _pid_range(tags, since) if since else None
+    floor = pids[0] if pids is not None else None
     me = os.getpid()
     uid = os.getuid()
     children: dict[int, list[int]] = {}
@@ -156,7 +176,7 @@ def process_tree(*tags: str) -> set[int]:
     except OSError:
         return found
     try:
-        for name in os.listdir(proc):
+        for name in _candidates(proc, pids):
             if not name.isdigit():
                 continue
             pid = int(name)

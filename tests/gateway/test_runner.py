@@ -284,3 +284,40 @@ def test_a_walk_looks_only_at_pids_newer_than_the_run_unless_the_counter_wrapped
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_walk_over_few_new_pids_opens_them_one_by_one_and_lists_nothing(monkeypatch):
+    """Listing /proc costs in proportion to every process on the machine: with few pids
+    handed out since the run started, the walk opens those and still finds a detached
+    descendant; with many, it lists /proc as before."""
+    import subprocess
+
+    from gateway.scripts import tree
+
+    tag = tree.new_tag()
+    if tree._tag_bounds(tag)[1] is None:
+        pytest.skip("this kernel does not tell the last pid (/proc/sys/kernel/ns_last_pid)")
+    child = subprocess.Popen(
+        ["sh", "-c", "setsid sleep 1000 & wait"],
+        env=tree.tagged_environment(dict(os.environ), tag),
+        start_new_session=True,
+    )
+    listed: list[object] = []
+    real_listdir = os.listdir
+
+    def counting(path: object = ".") -> list[str]:
+        listed.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(tree.os, "listdir", counting)
+    try:
+        wait_for(lambda: len(tree.process_tree(tag)) == 2, 5, what="the shell and its sleep")
+        assert listed == []
+        monkeypatch.setattr(tree, "PROBE_MAX_PIDS", 0)  # too many new pids: the listing
+        assert len(tree.process_tree(tag)) == 2
+        assert len(listed) == 1
+    finally:
+        monkeypatch.undo()
+        tree.kill_tree(child.pid, tag)
+        child.wait(timeout=5)
+    wait_for(lambda: not tree.process_tree(tag), 5, what="the run killed")
