@@ -28,6 +28,22 @@ EXIT_POLL_S = 0.05
 EXIT_GRACE_S = 0.1
 
 
+class _DevNull:
+    """/dev/null opened once (close-on-exec) for every child's stdin or stderr that has
+    no pipe: Popen would open and close it again for each run."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def __call__(self) -> int:
+        if self.fd is None:
+            self.fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return self.fd
+
+
+_devnull = _DevNull()
+
+
 class ScriptFailure(Exception):
     """A script did not produce a usable answer; ``kind`` says how."""
 
@@ -240,13 +256,13 @@ async def start_tagged(
         ours.append(out_r)
         theirs.append(out_w)
         outputs[out_r] = 1
-        err_w: int = subprocess.DEVNULL
+        err_w = _devnull()
         if stderr:
             err_r, err_w = os.pipe()
             ours.append(err_r)
             theirs.append(err_w)
             outputs[err_r] = 2
-        in_r: int = subprocess.DEVNULL
+        in_r = _devnull()
         in_w = -1
         if stdin:
             in_r, in_w = os.pipe()
