@@ -107,3 +107,47 @@ def test_quick_storm_and_scaling_run_alone_and_print_their_lines_and_targets(tmp
     assert storm["before"] == 1000  # every observation registered and notified before
     assert set(result["scaling"]["clients"]) == {"1", "8", "32", "256", "1000"}
     assert (plots / "bench-scaling.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_stored_levels_take_turns_run_by_run(tmp_path):
+    """The GET runs of the stored-client levels alternate between their gateways (all
+    started first; the order reversed every round), so load drifting on the machine
+    falls on every level alike and their ratio compares runs made side by side."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc and libssl-dev (tools/setup --test)")
+    numbers = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            str(REPO / "tools" / "bench"),
+            "--quick",
+            "--only",
+            "stored",
+            "--runs",
+            "2",
+            "--json",
+            str(numbers),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-6000:] + proc.stderr[-3000:]
+    runs = [
+        line.split("] ", 1)[1].split(":", 1)[0]
+        for line in out.splitlines()
+        if "stored) GET /light, 32 clients, run" in line
+    ]
+    assert runs == [
+        "coapdev (10 stored) GET /light, 32 clients, run 1",
+        "coapdev (10000 stored) GET /light, 32 clients, run 1",
+        "coapdev (10000 stored) GET /light, 32 clients, run 2",
+        "coapdev (10 stored) GET /light, 32 clients, run 2",
+    ], "\n".join(runs)
+    result = json.loads(numbers.read_text())
+    for n in (10, 10000):
+        assert len(result["servers"][f"coapdev-{n}"]["get"]["32"]) == 2, n
+    assert result["servers"]["coapdev-10000"]["onboard"]  # its later steps still ran
+    assert "Errors: 0 (none)" in out

@@ -313,39 +313,71 @@ class Bench:
         label: str | None = None,
         query_per_client: bool = False,
     ) -> None:
-        kind = path if path in ("script", "handler") else "get"
-        store = self.server_results(key).setdefault(kind, {})
         for clients in levels:
-            runs = []
-            what = "udp echo" if mode == "udp" else f"GET /{path}"
+            self.request_runs(server, key, clients, path=path, mode=mode).clear()
             for i in range(self.s.runs):
-                name = f"{label or key} {what}, {clients} clients, run {i + 1}"
-                run = self.requests(
+                healthy = self.request_run(
                     server,
+                    key,
                     clients,
+                    i,
                     path=path,
                     duration_s=duration_s,
                     mode=mode,
+                    label=label,
                     query_per_client=query_per_client,
                 )
-                self.check(name, run, clients=clients, mode=mode)
-                r = run.result
-                self.say(
-                    f"{name}: {r['rate']:.0f}/s, p50 {r['latency_ms']['p50']:.2f} ms, "
-                    f"p99 {r['latency_ms']['p99']:.2f} ms, timeouts {r['timeouts']}"
-                )
-                healthy = self.serving(server, name)
-                if server.proc.started_at > run.started_at:
-                    # restarted: this run's numbers are not a healthy server's; kept apart
-                    self.server_results(key).setdefault("runs_with_crash", []).append(
-                        run.to_json() | {"label": name}
-                    )
-                else:
-                    runs.append(run.to_json())
                 if not healthy:
-                    store[str(clients)] = runs
                     return
-            store[str(clients)] = runs
+
+    def request_runs(
+        self, server: Server, key: str, clients: int, *, path: str = "light", mode: str = "coap"
+    ) -> list[dict]:
+        """The runs kept so far of ``key`` at ``clients`` (a list the next run is added to)."""
+        kind = path if path in ("script", "handler") else "get"
+        return self.server_results(key).setdefault(kind, {}).setdefault(str(clients), [])
+
+    def request_run(
+        self,
+        server: Server,
+        key: str,
+        clients: int,
+        i: int,
+        *,
+        path: str = "light",
+        duration_s: float | None = None,
+        mode: str = "coap",
+        label: str | None = None,
+        query_per_client: bool = False,
+    ) -> bool:
+        """Run ``i`` (from 0) of ``clients`` against ``server``, kept under ``key``; then
+        whether the server still serves (a crashed one is restarted, its run kept apart)."""
+        runs = self.request_runs(server, key, clients, path=path, mode=mode)
+        what = "udp echo" if mode == "udp" else f"GET /{path}"
+        name = f"{label or key} {what}, {clients} clients, run {i + 1}"
+        run = self.requests(
+            server,
+            clients,
+            path=path,
+            duration_s=duration_s,
+            mode=mode,
+            query_per_client=query_per_client,
+        )
+        self.check(name, run, clients=clients, mode=mode)
+        r = run.result
+        self.say(
+            f"{name}: {r['rate']:.0f}/s, p50 {r['latency_ms']['p50']:.2f} ms, "
+            f"p99 {r['latency_ms']['p99']:.2f} ms, timeouts {r['timeouts']}"
+        )
+        healthy = self.serving(server, name)
+        if server.proc.started_at > run.started_at:
+            # restarted: this run's numbers are not a healthy server's; kept apart
+            self.server_results(key).setdefault("runs_with_crash", []).append(
+                run.to_json() | {"label": name}
+            )
+        else:
+            runs.append(run.to_json())
+        return healthy
 
     def handshakes(self, server: Server, label: str, *, close_notify: bool = True) -> Run:
         assert server.credentials is not None
@@ -720,46 +752,86 @@ class Bench:
     def coapdev_stored(self) -> None:
         """Per-request cost and memory with 10 and with 10 000 stored clients; with the
         scaling scenario also 1000 and 100 000, and on the 10-client gateway, right after it
-        settled, the sessions held (RSS per live session)."""
+        settled, the sessions held (RSS per live session).
+
+        Every level's gateway is started first; then the GET runs at 32 clients take
+        turns between them (run 1 of each level, then run 2 in the reverse order, ...),
+        so other load on the machine, which drifts over the minutes this takes, falls on
+        every level alike: the ratio of CPU per GET compares runs made side by side.
+        """
         levels: set[int] = set()
         if "stored" in self.only:
             levels |= {10, self.s.stored_clients}
         scaling = "scaling" in self.only
         if scaling:
             levels |= set(self.s.scaling_stored)
-        for n in sorted(levels):
-            key = f"coapdev-{n}"
-            out = self.server_results(key)
-            state = self.workdir / key
-            self.say(f"coapdev with {n} stored clients")
-            try:
-                creds = servers.populate_store(state, n)
-                server = servers.start_gateway(key, state, self.workdir)
-            except StartError as exc:
-                self.error(f"coapdev with {n} stored clients did not start: {exc}")
-                continue
-            server.credentials = creds
-            try:
-                if not self.answers(server, "start"):
-                    continue
-                out["rss_idle_kib"] = self.settle_rss(server)
-                if scaling and n == min(levels):
-                    # Sessions first, on the settled gateway: RSS per live session.
-                    for held in self.s.scaling_sessions:
-                        out[f"hold_{held}"] = self.hold(server, f"coapdev ({n} stored)", held)
-                        self.serving(server, f"holding {held} sessions ({n} stored)")
-                self.request_series(server, key, (32,), label=f"coapdev ({n} stored)")
-                if n == self.s.stored_clients and "stored" in self.only:
-                    out["hold"] = self.hold(server, f"coapdev ({n} stored)")
+        started: dict[int, Server] = {}
+        try:
+            for n in sorted(levels):
+                server = self.stored_gateway(n, hold=scaling and n == min(levels))
+                if server is not None:
+                    started[n] = server
+            serving = dict(started)
+            for i in range(self.s.runs):
+                for n in sorted(serving, reverse=i % 2 == 1):
+                    label = f"coapdev ({n} stored)"
+                    try:
+                        healthy = self.request_run(serving[n], f"coapdev-{n}", 32, i, label=label)
+                    except LoadgenError as exc:
+                        self.error(f"{label}: {exc}")
+                        healthy = False
+                    if not healthy:
+                        del serving[n]
+            n = self.s.stored_clients
+            if n in serving and "stored" in self.only:
+                server, label = serving[n], f"coapdev ({n} stored)"
+                out = self.server_results(f"coapdev-{n}")
+                try:
+                    out["hold"] = self.hold(server, label)
                     self.serving(server, f"holding sessions ({n} stored)")
-                    server.factory_key = servers.factory_key(state)
-                    out["onboard"] = self.onboarding(server, f"coapdev ({n} stored)", count=10)
+                    server.factory_key = servers.factory_key(self.workdir / f"coapdev-{n}")
+                    out["onboard"] = self.onboarding(server, label, count=10)
                     if not self.s.quick:
                         out["sustained"] = self.long_run(server, n)
-            except LoadgenError as exc:
-                self.error(f"coapdev ({n} stored): {exc}")
-            finally:
+                except LoadgenError as exc:
+                    self.error(f"{label}: {exc}")
+        finally:
+            for server in started.values():
                 server.stop()
+
+    def stored_gateway(self, n: int, *, hold: bool) -> Server | None:
+        """A gateway on a state directory of ``n`` stored clients, answering and settled
+        (its idle RSS noted); with ``hold``, the sessions held on it first. None (the
+        error reported) if it does not start or answer."""
+        key = f"coapdev-{n}"
+        out = self.server_results(key)
+        state = self.workdir / key
+        self.say(f"coapdev with {n} stored clients")
+        try:
+            creds = servers.populate_store(state, n)
+            server = servers.start_gateway(key, state, self.workdir)
+        except StartError as exc:
+            self.error(f"coapdev with {n} stored clients did not start: {exc}")
+            return None
+        server.credentials = creds
+        try:
+            if not self.answers(server, "start"):
+                server.stop()
+                return None
+            out["rss_idle_kib"] = self.settle_rss(server)
+            if hold:
+                # Sessions first, on the settled gateway: RSS per live session.
+                for held in self.s.scaling_sessions:
+                    out[f"hold_{held}"] = self.hold(server, f"coapdev ({n} stored)", held)
+                    self.serving(server, f"holding {held} sessions ({n} stored)")
+        except LoadgenError as exc:
+            self.error(f"coapdev ({n} stored): {exc}")
+            server.stop()
+            return None
+        except BaseException:
+            server.stop()
+            raise
+        return server
 
     def coapdev_handshakes(self) -> None:
         """Full handshakes/s: a fresh gateway per run, each checked for a crash afterwards."""
