@@ -88,8 +88,6 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
     ) -> None:
         super().__init__(state)
         self.config = config
-        #: Method name to its table (the config keeps them as pairs; looked up per request).
-        self._methods = config.method_map
         #: The scripts' working directory (never the state directory, which holds the keys).
         self.data_dir = data_dir or prepare_data_dir(state.store.directory)
         #: The persistent handler answering every method, if the config names one.
@@ -169,7 +167,7 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
     # --- methods ---------------------------------------------------------------------
 
     async def render_get(self, request: Message, who: Principal) -> Message:
-        if "GET" not in self._methods:
+        if "GET" not in self.config.method_map:
             return await self._watched_state(request)
         inputs = self.inputs(request, who)
         max_age_s = self.config.max_age_s
@@ -249,7 +247,7 @@ class ScriptResource(ObservedScripts, ObservableGuardedResource):
         return await self._in_flight.run(inputs, lambda: self._run("GET", inputs))
 
     async def _run(self, method: str, inputs: ScriptInputs) -> Answer:
-        mc = self._methods[method]
+        mc = self.config.method_map[method]
         if self.handler is not None:
             return await self._ask_handler(self.handler, mc, method, inputs)
         if self._waiting >= QUEUE_PER_SLOT * self.config.concurrency:

@@ -9,6 +9,7 @@ the audit log), its default is the one used here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -115,8 +116,9 @@ class ResourceConfig:
         None, "a GET answer is kept and served this long", low=1, high=86400, unit="s"
     )
 
-    @property
+    @functools.cached_property
     def method_map(self) -> dict[str, MethodConfig]:
+        """Method name to its table (looked up per request, so built once; read only)."""
         return dict(self.methods)
 
     @property

@@ -123,14 +123,11 @@ def _pid_range(tags: Collection[str], since: int) -> tuple[int, int] | None:
 
 def _candidates(proc: int, pids: tuple[int, int] | None) -> list[str]:
     """The /proc entries a walk reads: the pids in range, or every process when it is
-    not known or too wide; a pid handed out while they are read is added (those forked
-    later still are the second sweep's)."""
+    not known or too wide (a pid handed out after the range was read is the second
+    sweep's, as a process forked during a listing is)."""
     if pids is None or pids[1] - pids[0] > PROBE_MAX_PIDS:
         return os.listdir(proc)
     floor, current = pids
-    latest = _last_pid()
-    if latest is not None and current <= latest <= floor + PROBE_MAX_PIDS:
-        current = latest
     return [str(pid) for pid in range(floor + 1, current + 1)]
 
 
