@@ -129,31 +129,45 @@ def test_the_helper_answers_every_waiting_request_in_one_write():
     assert Counting.writes <= 2  # the four complete lines at once, then the unterminated one
 
 
+class FakeLine:
+    """Stands in for a handler's LineProcess: records writes, answers nothing, and keeps
+    the last ``unread`` bytes written queued (as if the handler had not read them)."""
+
+    running = True
+
+    def __init__(self, unread: int = 0) -> None:
+        self.unread = unread
+        self.writes: list[bytes] = []
+        self.killed = 0
+
+    def write(self, data: bytes) -> bool:
+        self.writes.append(data)
+        return True
+
+    def pending_input_bytes(self) -> int:
+        return self.unread
+
+    def kill(self) -> None:
+        self.killed += 1
+
+
+def handler_on(line: FakeLine):
+    from gateway.handler import Handler
+
+    h = Handler(["true"], path="/h", env={}, cwd="/", max_pending=16, max_output_bytes=64)
+    h._process = line  # type: ignore[assignment]
+    return h
+
+
 def test_the_gateway_writes_the_requests_of_one_turn_of_the_loop_in_one_write():
     import asyncio
 
-    from gateway.handler import Handler
-
-    class Pipe:  # stands in for the LineProcess: records writes, answers nothing
-        running = True
-
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> bool:
-            self.writes.append(data)
-            return True
-
-        def pending_input_bytes(self) -> int:
-            return 0  # the handler took every line (and answers none)
-
     async def scenario() -> tuple[list[bytes], list[BaseException]]:
-        h = Handler(["true"], path="/h", env={}, cwd="/", max_pending=16, max_output_bytes=64)
-        pipe = Pipe()
-        h._process = pipe  # type: ignore[assignment]
+        line = FakeLine()  # the handler took every line (and answers none)
+        h = handler_on(line)
         asks = [asyncio.ensure_future(h.ask(FIELDS, b"x", 0.2)) for _ in range(5)]
         results = await asyncio.gather(*asks, return_exceptions=True)
-        return pipe.writes, results
+        return line.writes, results
 
     writes, results = asyncio.run(scenario())
     assert len(writes) == 1 and writes[0].count(b"\n") == 5
@@ -164,33 +178,14 @@ def test_a_request_whose_line_is_unread_at_its_deadline_restarts_the_handler():
     """Only a line still queued for stdin counts: one taken and not answered does not."""
     import asyncio
 
-    from gateway.handler import Handler
-
-    class Pipe:  # stands in for the LineProcess: keeps the last `unread` bytes queued
-        running = True
-
-        def __init__(self, unread: int) -> None:
-            self.unread = unread
-            self.killed = 0
-
-        def write(self, data: bytes) -> bool:
-            return True
-
-        def pending_input_bytes(self) -> int:
-            return self.unread
-
-        def kill(self) -> None:
-            self.killed += 1
-
     async def scenario(unread: int) -> int:
-        h = Handler(["true"], path="/h", env={}, cwd="/", max_pending=16, max_output_bytes=64)
-        pipe = Pipe(unread)
-        h._process = pipe  # type: ignore[assignment]
+        line = FakeLine(unread)
+        h = handler_on(line)
         first = asyncio.ensure_future(h.ask(FIELDS, b"x", 0.1))
         await asyncio.sleep(0.05)  # written alone: its line ends where the stream did then
         second = asyncio.ensure_future(h.ask(FIELDS, b"x" * 1000, 0.1))
         await asyncio.gather(first, second, return_exceptions=True)
-        return pipe.killed
+        return line.killed
 
     assert asyncio.run(scenario(0)) == 0  # every line taken: a slow handler, not a deaf one
     assert asyncio.run(scenario(100)) == 1  # the second line is unread: restarted once

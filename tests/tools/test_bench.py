@@ -12,19 +12,24 @@ from support import REPO
 pytestmark = pytest.mark.e2e
 
 
-def test_quick_bench_runs_clean_and_prints_the_table_and_targets(tmp_path):
-    if shutil.which("gcc") is None or shutil.which("coap-server-openssl") is None:
-        pytest.skip("needs gcc, libssl-dev and libcoap3-bin (tools/setup --test)")
-    numbers = tmp_path / "bench.json"
-    plots = tmp_path / "plots"
-    proc = subprocess.run(
-        [str(REPO / "tools" / "bench"), "--quick", "--json", str(numbers), "--plot", str(plots)],
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """tools/bench with ``args``, from the repository, no stdin, within 4 minutes."""
+    return subprocess.run(
+        [str(REPO / "tools" / "bench"), *args],
         capture_output=True,
         text=True,
         timeout=240,
         cwd=REPO,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_quick_bench_runs_clean_and_prints_the_table_and_targets(tmp_path):
+    if shutil.which("gcc") is None or shutil.which("coap-server-openssl") is None:
+        pytest.skip("needs gcc, libssl-dev and libcoap3-bin (tools/setup --test)")
+    numbers = tmp_path / "bench.json"
+    plots = tmp_path / "plots"
+    proc = bench("--quick", "--json", str(numbers), "--plot", str(plots))
     out = proc.stdout
     assert proc.returncode == 0, out[-6000:] + proc.stderr[-3000:]
     # one table, every server a column, the key rows present
@@ -73,23 +78,7 @@ def test_quick_storm_and_scaling_run_alone_and_print_their_lines_and_targets(tmp
         pytest.skip("needs gcc, libssl-dev and libcoap3-bin (tools/setup --test)")
     numbers = tmp_path / "bench.json"
     plots = tmp_path / "plots"
-    proc = subprocess.run(
-        [
-            str(REPO / "tools" / "bench"),
-            "--quick",
-            "--only",
-            "storm,scaling",
-            "--json",
-            str(numbers),
-            "--plot",
-            str(plots),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = bench("--quick", "--only", "storm,scaling", "--json", str(numbers), "--plot", str(plots))
     out = proc.stdout
     assert proc.returncode == 0, out[-6000:] + proc.stderr[-3000:]
     assert "aiocoap stock" not in out  # the other scenarios did not run
@@ -116,23 +105,7 @@ def test_stored_levels_take_turns_run_by_run(tmp_path):
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc and libssl-dev (tools/setup --test)")
     numbers = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            str(REPO / "tools" / "bench"),
-            "--quick",
-            "--only",
-            "stored",
-            "--runs",
-            "2",
-            "--json",
-            str(numbers),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = bench("--quick", "--only", "stored", "--runs", "2", "--json", str(numbers))
     out = proc.stdout
     assert proc.returncode == 0, out[-6000:] + proc.stderr[-3000:]
     runs = [
