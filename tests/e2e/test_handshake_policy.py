@@ -20,6 +20,7 @@ from reliability.dtls12 import (
     HelloOptions,
 )
 from reliability.dtls12 import Dtls12PskClient as Client12
+from support import wait_for
 
 from coapdev.audit import read_audit
 from coapdev.client import onboard
@@ -110,9 +111,14 @@ def test_required_extensions_refuse_client_hellos_without_them(gateway_factory, 
         "SCSV": refused,
         "no extensions": refused,
     }
-    audit = read_audit(gw.state_dir)
-    reasons = [e.get("reason") for e in audit if e["event"] == "handshake-failed"]
-    assert reasons == [
+
+    def reasons() -> list[str]:
+        audit = read_audit(gw.state_dir)
+        return [e.get("reason") for e in audit if e["event"] == "handshake-failed"]
+
+    # the alert goes out before the refusal is written: wait for the fourth line
+    wait_for(lambda: len(reasons()) >= 4, 10, what="four refused handshakes audited")
+    assert reasons() == [
         "ClientHello without renegotiation_info refused (handshake_failure)",
         "ClientHello without extended_master_secret refused (handshake_failure)",
         "ClientHello without extended_master_secret refused (handshake_failure)",
