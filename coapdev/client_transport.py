@@ -165,14 +165,24 @@ class _CountingConnection(DTLSClientConnection):
             task = self.__dict__.get(name)
             if task is not None:
                 task.cancel()
-        connection = self.__dict__.get("_connection")
         dtls_socket = self.__dict__.get("_dtls_socket")
-        if connection is not None and dtls_socket is not None:
-            self._connection = None
-            dtls_socket.resetPeer(connection)
+        if self.__dict__.get("_connection") is not None and dtls_socket is not None:
+            dtls_socket.resetPeer(self._take_connection())
         transport = self.__dict__.get("_transport")
         if transport is not None:
             transport.close()
+
+    def _take_connection(self) -> Any:
+        """The DTLSSocket connection, now no longer ours, held by no local variable.
+
+        Resetting the peer writes a close_notify; when that write fails
+        (ECONNREFUSED from a peer that is gone), the error carries a traceback
+        whose frames reach shutdown's.  A connection held there would live on
+        in whatever reference cycle keeps that error, and be freed by the
+        cyclic garbage collector instead of as soon as the reset is done.
+        """
+        connection, self._connection = self._connection, None
+        return connection
 
     def _event(self, level: int, code: int) -> None:
         if (level, code) == (LEVEL_NOALERT, DTLS_EVENT_CONNECTED):

@@ -3,7 +3,8 @@
 ``tools/build-dtls`` builds DTLSSocket's published sdist with the patches in
 ``tools/dtlssocket/``: handshake policy settable from Python, alerts that no
 longer corrupt tinydtls's peer table, 32-byte keys and 64-byte identities,
-and a PSK copy that checks its length.  The unpatched DTLSSocket from PyPI
+a PSK copy that checks its length, and connections the garbage collector
+can free without crashing.  The unpatched DTLSSocket from PyPI
 imports just as well and would silently bring back the crash and the
 16-byte limit, so both ends of coapdev ask :func:`patched_dtls` for the
 module, which refuses any other build with a message saying how to fix it.
@@ -17,8 +18,9 @@ from types import ModuleType
 from .const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
 from .errors import DtlsBuildError
 
-#: The patch level of tools/dtlssocket/ this code needs (0005-coapdev-build-marker.patch).
-REQUIRED_PATCHLEVEL = 1
+#: The patch level of tools/dtlssocket/ this code needs (0006-coapdev-build-marker.patch);
+#: level 2 brought 0005, without which a Connection freed by the garbage collector crashes.
+REQUIRED_PATCHLEVEL = 2
 
 _FIX = "run tools/setup, or tools/build-dtls --python PYTHON --install for another interpreter"
 

@@ -14,7 +14,7 @@ from coapdev import dtls_build
 from coapdev.const import MAX_IDENTITY_BYTES, MAX_PSK_BYTES
 from coapdev.errors import DtlsBuildError
 
-MARKER_PATCH = REPO / "tools" / "dtlssocket" / "0005-coapdev-build-marker.patch"
+MARKER_PATCH = REPO / "tools" / "dtlssocket" / "0006-coapdev-build-marker.patch"
 
 
 def test_the_patched_build_is_the_one_loaded():
@@ -40,9 +40,11 @@ def test_the_marker_patch_sets_the_same_level_and_version():
     [
         ({}, "not coapdev's patched build"),
         ({"COAPDEV_PATCHLEVEL": 0}, "patch level 0"),
+        # level 1 lacks 0005: a Connection freed by the garbage collector crashed
+        ({"COAPDEV_PATCHLEVEL": 1}, "patch level 1"),
         (
             {
-                "COAPDEV_PATCHLEVEL": 1,
+                "COAPDEV_PATCHLEVEL": dtls_build.REQUIRED_PATCHLEVEL,
                 "PSK_MAX_KEY_LEN": MAX_PSK_BYTES - 1,
                 "PSK_MAX_IDENTITY_LEN": MAX_IDENTITY_BYTES,
             },
