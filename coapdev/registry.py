@@ -18,14 +18,19 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .atomic import locked, write_atomic
-from .client import Credentials, DeviceAddress, escape_text, parse_address
+from .client.address import DeviceAddress, parse_address
+from .client.credentials import Credentials
+from .client.locate import following_client
+from .client.response import escape_text
+from .client.session import Client
 from .const import KeyFormat
-from .errors import ClientError, CorruptStateFile, UnknownDevice
+from .errors import ClientError, CorruptStateFile, DeviceTimeout, HandshakeFailed, UnknownDevice
 
 SCHEMA_VERSION = 1
 FILE_NAME = "devices.json"
@@ -35,6 +40,18 @@ FAILURES_FILE_NAME = "handshake-failures.json"
 HANDSHAKE_FAILURE_MEMORY_S = 600.0
 #: Addresses remembered at most (oldest forgotten first).
 MAX_REMEMBERED_FAILURES = 64
+
+
+class NoKnownDevice(UnknownDevice):
+    """No device is known at all: none was onboarded from here yet."""
+
+
+class SeveralKnownDevices(UnknownDevice):
+    """A device must be named: more than one is known."""
+
+    def __init__(self, device_ids: list[str]) -> None:
+        super().__init__(f"several devices are known ({', '.join(device_ids)}); name one")
+        self.device_ids = device_ids
 
 
 def default_config_dir() -> Path:
@@ -138,6 +155,75 @@ class DeviceRegistry:
         raise UnknownDevice(
             f"no credentials for device {escape_text(ref)!r}; known devices: {known}"
         )
+
+    def only_device(self) -> Credentials:
+        """The one known device's credentials, for requests that name none.
+
+        Raises :class:`NoKnownDevice` or :class:`SeveralKnownDevices` (both
+        :class:`UnknownDevice`) so a caller can add its own hint.
+        """
+        devices = self.load()
+        if len(devices) == 1:
+            return next(iter(devices.values()))
+        if not devices:
+            raise NoKnownDevice("no known devices; onboard one first")
+        raise SeveralKnownDevices(sorted(devices))
+
+    def credentials_for(self, ref: str | None) -> Credentials:
+        """Credentials for a device reference (id, name, address), or the only device."""
+        return self.resolve(ref) if ref else self.only_device()
+
+    def target(self, uri: str) -> tuple[Credentials, str]:
+        """(credentials, path) for a URI as a user types it.
+
+        ``coaps://DEVICE/PATH`` and ``DEVICE/PATH`` name a known device by id,
+        name or address; ``/PATH`` means the only known device.
+        """
+        if uri.startswith("/"):
+            return self.only_device(), uri
+        if "://" in uri:
+            try:
+                _, path = parse_address(uri)
+            except ClientError:
+                raise UnknownDevice(f"{escape_text(uri)}: not a URI or known device") from None
+            authority = uri.split("://", 1)[1].split("/", 1)[0]
+            return self.resolve(authority), path
+        head, _, rest = uri.partition("/")
+        return self.resolve(head), "/" + rest
+
+    def client(
+        self,
+        credentials: Credentials,
+        *,
+        on_moved: Callable[[Credentials], None] | None = None,
+        **kwargs: Any,
+    ) -> Client:
+        """A Client that finds the device again by id if it moved, and saves the new address.
+
+        ``on_moved(new)`` hears of a move before it is saved; ``kwargs`` are
+        the Client's other options.
+        """
+        return following_client(credentials, save=self.save, on_moved=on_moved, **kwargs)
+
+    @contextlib.contextmanager
+    def remembering_handshakes(self, address: DeviceAddress) -> Iterator[None]:
+        """Remember a refused handshake with ``address``; explain silence that follows one.
+
+        A device that refused our handshake may then rate-limit this address:
+        its silence is not "unreachable", and the error says so.
+        """
+        try:
+            yield
+        except HandshakeFailed:
+            self.note_handshake_failure(address)
+            raise
+        except DeviceTimeout as exc:
+            if self.recent_handshake_failure(address):
+                raise type(exc)(
+                    f"{exc} — the device may be rate-limiting this address "
+                    "(a handshake from here failed recently)"
+                ) from None
+            raise
 
     def find(self, ref: str) -> Credentials | None:
         """Like :meth:`resolve`, but None when nothing matches."""

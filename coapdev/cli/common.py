@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 EXIT_OK = 0
@@ -76,40 +76,23 @@ class Console:
         return self.trace if self.verbose else None
 
 
-@contextlib.contextmanager
-def explained(registry: Any, address: Any) -> Iterator[None]:
+def explained(registry: Any, address: Any) -> contextlib.AbstractContextManager[None]:
     """Remember refused handshakes; explain silence that follows one (rate limiting)."""
-    from ..errors import DeviceTimeout, HandshakeFailed
-
-    try:
-        yield
-    except HandshakeFailed:
-        registry.note_handshake_failure(address)
-        raise
-    except DeviceTimeout as exc:
-        if registry.recent_handshake_failure(address):
-            raise type(exc)(
-                f"{exc} — the device may be rate-limiting this address "
-                "(a handshake from here failed recently)"
-            ) from None
-        raise
+    return registry.remembering_handshakes(address)
 
 
 def make_client(
     args: argparse.Namespace, registry: Any, console: Console, creds: Any, **kwargs: Any
 ) -> Any:
     """A Client for a known device that rediscovers it by id, saving where it moved."""
-    from ..client import Client
 
     def moved(new: Any) -> None:
         console.note(f"device {new.device_id} moved to {new.address}")
-        registry.save(new)
 
-    return Client(
+    return registry.client(
         creds,
-        timeout_s=args.timeout,
-        rediscover=True,
         on_moved=moved,
+        timeout_s=args.timeout,
         trace=console.tracer,
         block_size=getattr(args, "block_size", None),
         **kwargs,

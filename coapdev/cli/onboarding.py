@@ -23,7 +23,7 @@ from .common import (
 
 
 async def cmd_onboard(args: argparse.Namespace, registry: Any, console: Console) -> int:
-    from ..client import _onboard_at, locate
+    from ..client import locate, onboard_at
     from ..keys import canonical_factory_key
     from ..qr import parse_qr_text
 
@@ -49,7 +49,7 @@ async def cmd_onboard(args: argparse.Namespace, registry: Any, console: Console)
         raise _onboarded_before(old, registry)
     remaining = max(args.timeout - (time.monotonic() - started), 0.5)
     with explained(registry, located.address):
-        creds = await _onboard_at(
+        creds = await onboard_at(
             located,
             key,
             args.name,

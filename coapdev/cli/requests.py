@@ -8,6 +8,7 @@ import contextlib
 import os
 import stat
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .common import EXIT_OK, MAX_PAYLOAD_BYTES, Console, UsageError, explained, make_client
@@ -17,34 +18,22 @@ from .common import EXIT_OK, MAX_PAYLOAD_BYTES, Console, UsageError, explained, 
 
 def resolve_target(registry: Any, uri: str) -> tuple[Any, str]:
     """(credentials, path) for a URI as typed."""
-    from ..client import escape_text, parse_address
-    from ..errors import ClientError, UnknownDevice
-
-    if uri.startswith("/"):
-        return _only_device(registry), uri
-    if "://" in uri:
-        try:
-            _, path = parse_address(uri)
-        except ClientError:
-            raise UnknownDevice(f"{escape_text(uri)}: not a URI or known device") from None
-        authority = uri.split("://", 1)[1].split("/", 1)[0]
-        return registry.resolve(authority), path
-    head, _, rest = uri.partition("/")
-    return registry.resolve(head), "/" + rest
+    with _device_hints():
+        return registry.target(uri)
 
 
-def _only_device(registry: Any) -> Any:
+@contextlib.contextmanager
+def _device_hints() -> Iterator[None]:
+    """Errors for an unnamed device, with how to name or onboard one on this command line."""
     from ..errors import UnknownDevice
+    from ..registry import NoKnownDevice, SeveralKnownDevices
 
-    devices = registry.load()
-    if len(devices) == 1:
-        return next(iter(devices.values()))
-    if not devices:
-        raise UnknownDevice("no known devices; onboard one first (coapdev onboard)")
-    raise UnknownDevice(
-        f"several devices are known ({', '.join(sorted(devices))}); name one "
-        "(DEVICE/PATH, or -d DEVICE)"
-    )
+    try:
+        yield
+    except NoKnownDevice as exc:
+        raise UnknownDevice(f"{exc} (coapdev onboard)") from None
+    except SeveralKnownDevices as exc:
+        raise UnknownDevice(f"{exc} (DEVICE/PATH, or -d DEVICE)") from None
 
 
 def _device_creds(registry: Any, args: argparse.Namespace) -> Any:
@@ -52,8 +41,8 @@ def _device_creds(registry: Any, args: argparse.Namespace) -> Any:
     option = getattr(args, "device_opt", None)
     if positional and option and positional != option:
         raise UsageError(f"two devices given ({positional} and {option}); name one")
-    ref = positional or option
-    return registry.resolve(ref) if ref else _only_device(registry)
+    with _device_hints():
+        return registry.credentials_for(positional or option)
 
 
 async def cmd_request(args: argparse.Namespace, registry: Any, console: Console) -> int:

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 import coapdev
-from coapdev.client_transport import _CountingConnection
+from coapdev.client.transport import _CountingConnection
 
 #: The library's own frames (the test's frame holds the connection, of course).
 COAPDEV = coapdev.__path__[0]
