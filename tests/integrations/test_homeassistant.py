@@ -11,10 +11,7 @@ real gateways).  Run them alone with
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
@@ -44,35 +41,10 @@ def _run_module(module: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-#: A line of pytest -q's progress: a character per test, then perhaps "[ 50%]".
-_PROGRESS = re.compile(r"^([.FEsxX]+)(\s+\[\s*\d+%\])?$")
-
-
-def _crashed_after_passing(result: subprocess.CompletedProcess[str]) -> bool:
-    """Killed by SIGSEGV once every test it ran had passed (no summary line was printed).
-
-    A known, rare native crash in the Home Assistant test process at hass
-    teardown (docs/homeassistant.md, "Known issue"): seen about once in ten
-    runs of test_config_flow.py, with the old and the split client alike.
-    """
-    if result.returncode != -signal.SIGSEGV:
-        return False
-    progress = [m.group(1) for m in map(_PROGRESS.match, result.stdout.splitlines()) if m]
-    return bool(progress) and all(set(p) == {"."} for p in progress)
-
-
 @pytest.mark.parametrize("module", MODULES)
 def test_home_assistant_module(module: str) -> None:
     assert HA_PYTHON.exists(), ".venv-ha is missing: run tools/setup --test"
     result = _run_module(module)
-    if _crashed_after_passing(result):
-        # Run once more, and say so: a second crash, or any failure, fails the test.
-        warnings.warn(
-            f"Home Assistant tests in {module}: the process crashed (SIGSEGV) after its "
-            f"tests passed; run again. Its stderr began:\n{result.stderr[:3000]}",
-            stacklevel=1,
-        )
-        result = _run_module(module)
     summary = result.stdout.strip().splitlines()[-1:] or ["(no output)"]
     assert result.returncode == 0, (
         f"Home Assistant tests in {module} failed ({summary[0]}):\n"
