@@ -392,6 +392,7 @@ def key_numbers(r: dict) -> dict[str, float | None]:
         "cost_big": median(
             field(runs(r, f"coapdev-{stored}", "get", "32"), "server_cpu_us_per_op")
         ),
+        "cpu32": median(field(runs(r, "coapdev", "get", "32"), "server_cpu_us_per_op")),
         "cold_start": median(dig(r, "servers", "coapdev", "cold_start_s") or []),
         "script8": median(field(runs(r, "coapdev", "script", "8"), "rate")),
         "floor8": median(field(dig(r, "spawn_floor", "8") or [], "rate")),
@@ -566,6 +567,29 @@ def targets(r: dict) -> list[Target]:
         ),
         t("coapdev --help <= 0.3 s", k["help"], 0.3, False, f"{num(k['help'])} s"),
         *script_targets(k),
+        *request_targets(k),
+    ]
+
+
+def request_targets(k: dict) -> list[Target]:
+    """Requests past a Python echo (issue 15, section 3): against the same run's echo,
+    and the server's own CPU per GET; p99 <= 5 ms at 32 clients is a line above."""
+    echo = ratio(k["get32"], k["pyecho32"])
+    return [
+        Target(
+            ">= 1.0x the Python UDP echo (GET/s at 32 clients, same run)",
+            echo,
+            1.0,
+            True,
+            f"{echo or 0:.2f}x ({num(k['get32'], 'int')} against {num(k['pyecho32'], 'int')}/s)",
+        ),
+        Target(
+            "server CPU per GET <= 30 us at 32 clients",
+            k["cpu32"],
+            30,
+            False,
+            f"{num(k['cpu32'])} us",
+        ),
     ]
 
 
