@@ -92,8 +92,14 @@ def test_quick_storm_and_scaling_run_alone_and_print_their_lines_and_targets(tmp
     for target in ("1000 clients all answered again", "per-request CPU flat", "per live session"):
         assert any(target in line for line in verdicts), target
     assert "Errors: 0 (none)" in out
+    # Sessions are held on the 10-client gateway after its GET runs, as on the other levels.
+    steps = [line for line in out.splitlines() if "(10 stored)" in line]
+    gets = [i for i, line in enumerate(steps) if "GET /light" in line]
+    holds = [i for i, line in enumerate(steps) if "live sessions:" in line]
+    assert gets and holds and max(gets) < min(holds), "\n".join(steps)
     result = json.loads(numbers.read_text())
     assert result["scenarios"] == ["scaling", "storm"]
+    assert result["servers"]["coapdev-10"]["rss_before_hold_kib"] > 0
     storm = result["summary"]["storm"]["coapdev"]["1000"]
     assert storm["before"] == 1000  # every observation registered and notified before
     assert set(result["scaling"]["clients"]) == {"1", "8", "32", "256", "1000"}

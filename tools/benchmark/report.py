@@ -779,7 +779,7 @@ def scaling_lines(results: dict) -> list[str]:
         per = num(v["kib_per_session"])
         lines.append(
             f"  {n:>6} live sessions    served {v['served']}   RSS {num(v['rss_kib'], 'mib')} MiB"
-            f"   {per} KiB per live session (above idle)"
+            f"   {per} KiB per live session (above RSS before)"
         )
     return lines
 
@@ -828,7 +828,7 @@ def new_targets(results: dict) -> list[Target]:
         per = sc["sessions"][str(most)]["kib_per_session"]
         found.append(
             Target(
-                f"RSS per live session <= {SESSION_KIB_TARGET} KiB ({most} held, above idle)",
+                f"RSS per live session <= {SESSION_KIB_TARGET} KiB ({most} held, above RSS before)",
                 per,
                 SESSION_KIB_TARGET,
                 False,

@@ -768,7 +768,7 @@ class Bench:
         started: dict[int, Server] = {}
         try:
             for n in sorted(levels):
-                server = self.stored_gateway(n, hold=scaling and n == min(levels))
+                server = self.stored_gateway(n)
                 if server is not None:
                     started[n] = server
             serving = dict(started)
@@ -782,6 +782,11 @@ class Bench:
                         healthy = False
                     if not healthy:
                         del serving[n]
+            fewest = min(levels, default=None)
+            if scaling and fewest in serving:
+                # After the GET runs, as on every other level: sessions held on the
+                # settled gateway, RSS per live session above what it settled at.
+                self.hold_sessions(serving[fewest], fewest)
             n = self.s.stored_clients
             if n in serving and "stored" in self.only:
                 server, label = serving[n], f"coapdev ({n} stored)"
@@ -799,10 +804,21 @@ class Bench:
             for server in started.values():
                 server.stop()
 
-    def stored_gateway(self, n: int, *, hold: bool) -> Server | None:
+    def hold_sessions(self, server: Server, n: int) -> None:
+        """The scaling steps of live sessions on the gateway of ``n`` stored clients, each
+        measured above the RSS the gateway settles at first."""
+        out = self.server_results(f"coapdev-{n}")
+        try:
+            out["rss_before_hold_kib"] = self.settle_rss(server)
+            for held in self.s.scaling_sessions:
+                out[f"hold_{held}"] = self.hold(server, f"coapdev ({n} stored)", held)
+                self.serving(server, f"holding {held} sessions ({n} stored)")
+        except LoadgenError as exc:
+            self.error(f"coapdev ({n} stored): {exc}")
+
+    def stored_gateway(self, n: int) -> Server | None:
         """A gateway on a state directory of ``n`` stored clients, answering and settled
-        (its idle RSS noted); with ``hold``, the sessions held on it first. None (the
-        error reported) if it does not start or answer."""
+        (its idle RSS noted). None (the error reported) if it does not start or answer."""
         key = f"coapdev-{n}"
         out = self.server_results(key)
         state = self.workdir / key
@@ -819,11 +835,6 @@ class Bench:
                 server.stop()
                 return None
             out["rss_idle_kib"] = self.settle_rss(server)
-            if hold:
-                # Sessions first, on the settled gateway: RSS per live session.
-                for held in self.s.scaling_sessions:
-                    out[f"hold_{held}"] = self.hold(server, f"coapdev ({n} stored)", held)
-                    self.serving(server, f"holding {held} sessions ({n} stored)")
         except LoadgenError as exc:
             self.error(f"coapdev ({n} stored): {exc}")
             server.stop()
@@ -991,7 +1002,7 @@ class Bench:
         sessions = {}
         for n in self.s.scaling_sessions:
             held = base.get(f"hold_{n}") or {}
-            peak, idle = held.get("rss_max_kib"), base.get("rss_idle_kib")
+            peak, idle = held.get("rss_max_kib"), base.get("rss_before_hold_kib")
             sessions[str(n)] = {
                 "served": (held.get("sessions", 0) - held.get("sessions_unserved", 0))
                 if held
