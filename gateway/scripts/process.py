@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .tree import kill_tree, new_tag, tagged_environment
+from .tree import kill_tree, leaders, new_tag, tagged_environment
 
 log = logging.getLogger("coapdev.gateway.runner")
 
@@ -140,6 +140,7 @@ class Started:
         self._loop = asyncio.get_running_loop()
         self._outputs = outputs  # our read end -> 1 (stdout) or 2 (stderr)
         self._pidfd: int | None = None
+        leaders.add(popen, tag)
         for fd in outputs:
             os.set_blocking(fd, False)
             self._loop.add_reader(fd, self._readable, fd)
@@ -187,12 +188,14 @@ class Started:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+        leaders.discard(self.popen)
         self.protocol.process_exited()
 
     def _poll(self) -> None:
         if self.popen.poll() is None:
             self._loop.call_later(EXIT_POLL_S, self._poll)
         else:
+            leaders.discard(self.popen)
             self.protocol.process_exited()
 
     # --- stdin ---

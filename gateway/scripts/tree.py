@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Collection, Mapping
 
@@ -72,6 +73,41 @@ class _LastPid:
 
 
 _last_pid = _LastPid()
+
+
+class _Leaders:
+    """The processes the gateway started for its runs and has not reaped yet, by pid,
+    with their run's tag.
+
+    Such a process is the gateway's own child, forked for its run: it descends from
+    no script and carries its own run's tag, so a walk for other tags need not read
+    it (three reads each, at every run's end, for every run in flight).  Until the
+    gateway reaps it, its pid cannot be handed to another process.
+    """
+
+    def __init__(self) -> None:
+        self._tags: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+
+    def add(self, popen: subprocess.Popen[bytes], tag: str) -> None:
+        self._tags[popen.pid] = (popen, tag)
+
+    def discard(self, popen: subprocess.Popen[bytes]) -> None:
+        if self._tags.get(popen.pid, (None, ""))[0] is popen:
+            del self._tags[popen.pid]
+
+    def others(self, tags: Collection[str]) -> set[int]:
+        """Pids of unreaped leaders of runs whose tag is not among ``tags`` (forgetting
+        any reaped meanwhile by someone else)."""
+        found = set()
+        for pid, (popen, tag) in list(self._tags.items()):
+            if popen.returncode is not None:
+                del self._tags[pid]
+            elif tag not in tags:
+                found.add(pid)
+        return found
+
+
+leaders = _Leaders()
 
 
 def new_tag() -> str:
@@ -157,10 +193,12 @@ def process_tree(*tags: str) -> set[int]:
     Only pids handed out after the oldest run started are looked at (while
     that is certain, see NEW_PIDS_ONLY_FOR_S; one by one when they are few,
     PROBE_MAX_PIDS), a process's stat once, its environment only when it
-    started after that run: a walk costs a read or two per process the runs
+    started after that run, and not at all the leaders of other runs in flight
+    (:class:`_Leaders`): a walk costs a read or two per process the runs
     could have made.
     """
     markers = [f"\0{TAG_VARIABLE}={tag}\0".encode() for tag in tags]
+    other_runs = leaders.others(tags)
     since = min((_born_since(tag) for tag in tags), default=0)
     pids = _pid_range(tags, since) if since else None
     floor = pids[0] if pids is not None else None
@@ -177,7 +215,7 @@ def process_tree(*tags: str) -> set[int]:
             if not name.isdigit():
                 continue
             pid = int(name)
-            if pid == me or (floor is not None and pid <= floor):
+            if pid == me or (floor is not None and pid <= floor) or pid in other_runs:
                 continue
             stat = _read_proc(proc, f"{name}/stat")
             try:

@@ -321,3 +321,51 @@ def test_a_walk_over_few_new_pids_opens_them_one_by_one_and_lists_nothing(monkey
         tree.kill_tree(child.pid, tag)
         child.wait(timeout=5)
     wait_for(lambda: not tree.process_tree(tag), 5, what="the run killed")
+
+
+def test_a_walk_reads_nothing_of_other_runs_leaders_and_still_finds_its_tree(monkeypatch):
+    """The leaders of other runs in flight are the gateway's own unreaped children: a walk
+    for one run's tag does not read them (three reads each, at every run's end), and
+    still finds its own leader's detached descendant, and theirs when walked for."""
+    import subprocess
+
+    from gateway.scripts import tree
+
+    tag_a, tag_b = tree.new_tag(), tree.new_tag()
+    a = subprocess.Popen(
+        ["sh", "-c", "setsid sleep 1000 & wait"],
+        env=tree.tagged_environment(dict(os.environ), tag_a),
+        start_new_session=True,
+    )
+    b = subprocess.Popen(
+        ["sleep", "1000"],
+        env=tree.tagged_environment(dict(os.environ), tag_b),
+        start_new_session=True,
+    )
+    tree.leaders.add(a, tag_a)
+    tree.leaders.add(b, tag_b)
+    read: list[str] = []
+    real_read = tree._read_proc
+
+    def reading(proc: int, name: str) -> bytes | None:
+        read.append(name)
+        return real_read(proc, name)
+
+    monkeypatch.setattr(tree, "_read_proc", reading)
+    try:
+        wait_for(lambda: len(tree.process_tree(tag_a)) == 2, 5, what="the shell and its sleep")
+        assert any(name.startswith(f"{a.pid}/") for name in read)  # its own leader is read
+        assert not any(name.startswith(f"{b.pid}/") for name in read)
+        assert tree.process_tree(tag_b) == {b.pid}
+        b.kill()
+        b.wait(timeout=5)  # reaped: its pid may be anyone's now, so it is read again
+        assert b.pid not in tree.leaders.others({tag_a})
+    finally:
+        monkeypatch.undo()
+        tree.kill_tree(a.pid, tag_a)
+        a.wait(timeout=5)
+        b.kill()
+        b.wait(timeout=5)
+        tree.leaders.discard(a)
+        tree.leaders.discard(b)
+    wait_for(lambda: not tree.process_tree(tag_a), 5, what="the run killed")
