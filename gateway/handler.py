@@ -280,6 +280,11 @@ class Handler:
         self._kill_reason = reason
         if self._process is not None:
             self._process.kill()
+            # Until its exit is seen the process still looks alive: requests from now
+            # on wait for the next start instead of going to it (it reads no more, and
+            # its exit fails what it holds).
+            self._process = None
+            self._ready.clear()
 
     # --- requests ---
 

@@ -189,3 +189,26 @@ def test_a_request_whose_line_is_unread_at_its_deadline_restarts_the_handler():
 
     assert asyncio.run(scenario(0)) == 0  # every line taken: a slow handler, not a deaf one
     assert asyncio.run(scenario(100)) == 1  # the second line is unread: restarted once
+
+
+def test_a_request_after_the_restart_waits_for_the_next_process_not_the_dying_one():
+    """Between the kill and the exit the old process still looks alive: a request that
+    came then went to it and was answered 5.02 with what it held (seen in a fresh-clone
+    run). It waits for the next start instead."""
+    import asyncio
+
+    async def scenario() -> tuple[int, int, str]:
+        line = FakeLine(unread=100)  # deaf: the line stays queued
+        h = handler_on(line)
+        first = asyncio.ensure_future(h.ask(FIELDS, b"x" * 1000, 0.1))
+        await asyncio.gather(first, return_exceptions=True)  # its deadline: restarted
+        assert line.killed == 1
+        after = asyncio.ensure_future(h.ask(FIELDS, b"x", 0.2))  # before the exit is seen
+        await asyncio.sleep(0.05)
+        writes_before_exit = len(line.writes)
+        outcome = await asyncio.gather(after, return_exceptions=True)
+        return writes_before_exit, len(line.writes), type(outcome[0]).__name__
+
+    writes_then, writes_at_end, outcome = asyncio.run(scenario())
+    assert writes_then == writes_at_end == 1  # only the first request's line went out
+    assert outcome == "GatewayTimeout"  # no next process in this test: it waited, 5.04
